@@ -4,5 +4,19 @@
 //! `model` runs the forward pass one decoder layer at a time, `eval` scores perplexity,
 //! `quant/` holds one file per method, `pack/` one file per packed layout.
 
+pub mod arch;
+pub mod cli;
+pub mod calib;
+pub mod config;
+pub mod eval;
+pub mod gguf;
+pub mod linalg;
+pub mod mem;
+pub mod model;
+pub mod pack;
+pub mod qmodel;
 pub mod quant;
 pub mod st_write;
+pub mod stats;
+pub mod tokenizer;
+pub mod weights;

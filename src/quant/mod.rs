@@ -1,6 +1,9 @@
 //! Quantization methods. Each method lives in its own file and turns an f32 weight matrix
 //! `[out_features, in_features]` (row-major, as stored in HF checkpoints) into a [`QTensor`].
 
+pub mod awq;
+pub mod rtn;
+
 /// How an integer code maps back to a real number inside one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {

@@ -1,0 +1,106 @@
+//! Model families as tables of their decoder-layer linears and AWQ scale groups.
+//!
+//! A scale group is a set of linears that read the same input, together with the operation that
+//! produces that input (a norm or another linear). AWQ scales the input channels of the group and
+//! folds the inverse scale into that producer; GPTQ/VPTQ share one Hessian per input.
+
+use anyhow::{bail, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
+
+/// The inputs a decoder-layer linear can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// input_layernorm(h): read by q, k, v.
+    AttnIn,
+    /// attention output before o_proj.
+    AttnOut,
+    /// post_attention_layernorm(h): read by gate, up.
+    MlpIn,
+    /// silu(gate) * up: read by down.
+    MlpAct,
+}
+
+/// What produces a scale group's input, i.e. where AWQ folds 1/s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Producer {
+    /// A norm weight of the layer (name relative to the layer prefix).
+    Norm(&'static str),
+    /// A linear of the layer whose output rows feed the group.
+    Linear(&'static str),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinearSpec {
+    /// Name relative to `model.layers.N.`, without `.weight`.
+    pub name: &'static str,
+    pub input: Input,
+    pub has_bias: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ScaleGroup {
+    pub input: Input,
+    pub producer: Producer,
+    pub linears: &'static [&'static str],
+}
+
+const LLAMA_LINEARS: &[LinearSpec] = &[
+    LinearSpec { name: "self_attn.q_proj", input: Input::AttnIn, has_bias: false },
+    LinearSpec { name: "self_attn.k_proj", input: Input::AttnIn, has_bias: false },
+    LinearSpec { name: "self_attn.v_proj", input: Input::AttnIn, has_bias: false },
+    LinearSpec { name: "self_attn.o_proj", input: Input::AttnOut, has_bias: false },
+    LinearSpec { name: "mlp.gate_proj", input: Input::MlpIn, has_bias: false },
+    LinearSpec { name: "mlp.up_proj", input: Input::MlpIn, has_bias: false },
+    LinearSpec { name: "mlp.down_proj", input: Input::MlpAct, has_bias: false },
+];
+
+const QWEN2_LINEARS: &[LinearSpec] = &[
+    LinearSpec { name: "self_attn.q_proj", input: Input::AttnIn, has_bias: true },
+    LinearSpec { name: "self_attn.k_proj", input: Input::AttnIn, has_bias: true },
+    LinearSpec { name: "self_attn.v_proj", input: Input::AttnIn, has_bias: true },
+    LinearSpec { name: "self_attn.o_proj", input: Input::AttnOut, has_bias: false },
+    LinearSpec { name: "mlp.gate_proj", input: Input::MlpIn, has_bias: false },
+    LinearSpec { name: "mlp.up_proj", input: Input::MlpIn, has_bias: false },
+    LinearSpec { name: "mlp.down_proj", input: Input::MlpAct, has_bias: false },
+];
+
+/// AutoAWQ's groups for Llama-like layers. v→o is only valid when v and o have the same width
+/// (no GQA); see [`Family::scale_groups`].
+const LLAMA_GROUPS: &[ScaleGroup] = &[
+    ScaleGroup { input: Input::AttnIn, producer: Producer::Norm("input_layernorm"), linears: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] },
+    ScaleGroup { input: Input::AttnOut, producer: Producer::Linear("self_attn.v_proj"), linears: &["self_attn.o_proj"] },
+    ScaleGroup { input: Input::MlpIn, producer: Producer::Norm("post_attention_layernorm"), linears: &["mlp.gate_proj", "mlp.up_proj"] },
+    ScaleGroup { input: Input::MlpAct, producer: Producer::Linear("mlp.up_proj"), linears: &["mlp.down_proj"] },
+];
+
+impl Family {
+    pub fn from_model_type(t: &str) -> Result<Self> {
+        Ok(match t {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            _ => bail!("unsupported model_type \"{t}\" (supported: {})", SUPPORTED.join(", ")),
+        })
+    }
+
+    pub fn linears(self) -> &'static [LinearSpec] {
+        match self {
+            Family::Llama | Family::Mistral => LLAMA_LINEARS,
+            Family::Qwen2 => QWEN2_LINEARS,
+        }
+    }
+
+    /// Scale groups of this family. With grouped-query attention the v→o fold is not a per-channel
+    /// rescale of o's input (v's rows are shared by several heads), so AutoAWQ skips it; so do we.
+    pub fn scale_groups(self, gqa: bool) -> Vec<ScaleGroup> {
+        LLAMA_GROUPS.iter().copied().filter(|g| !(gqa && g.input == Input::AttnOut)).collect()
+    }
+}

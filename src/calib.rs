@@ -1,0 +1,48 @@
+//! Calibration samples: deterministic windows of tokens drawn from a text or JSONL file.
+
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, bail, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+/// The text of a calibration file: plain text, or JSONL with a `text` field per line
+/// (recognised by a `.jsonl` extension).
+pub fn read_calib_text(path: &Path) -> Result<String> {
+    let text = crate::cli::read_text(path)?;
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        let mut out = String::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: line {}: invalid JSON: {e}", path.display(), i + 1))?;
+            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| anyhow!("{}: line {}: no string field \"text\"", path.display(), i + 1))?;
+            out.push_str(t);
+            out.push_str("\n\n");
+        }
+        Ok(out)
+    } else {
+        Ok(text)
+    }
+}
+
+/// `samples` windows of `seqlen` tokens at seeded random offsets of the tokenized file,
+/// concatenated: `[samples * seqlen]`.
+pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize, seed: u64) -> Result<Vec<u32>> {
+    if samples == 0 || seqlen < 2 {
+        bail!("--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2");
+    }
+    let text = read_calib_text(path)?;
+    if text.trim().is_empty() {
+        bail!("{}: calibration text is empty", path.display());
+    }
+    let ids = tok.encode(&text, true)?;
+    if ids.len() < seqlen {
+        bail!("{}: calibration text has {} tokens, fewer than one sample of --calib-seqlen {seqlen}", path.display(), ids.len());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(samples * seqlen);
+    for _ in 0..samples {
+        let start = rng.random_range(0..=ids.len() - seqlen);
+        out.extend_from_slice(&ids[start..start + seqlen]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! `config.json` of a HF checkpoint, reduced to what the forward pass needs.
+
+use crate::arch::Family;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub tie_word_embeddings: bool,
+    /// The raw JSON, kept so outputs can copy it with a quantization_config added.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+        Self::from_json(raw).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn from_json(raw: Value) -> Result<Self> {
+        let model_type = raw.get("model_type").and_then(Value::as_str).ok_or_else(|| anyhow!("missing field \"model_type\""))?;
+        let family = Family::from_model_type(model_type)?;
+        let int = |k: &str| -> Result<usize> {
+            raw.get(k).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| anyhow!("missing or non-integer field \"{k}\""))
+        };
+        let hidden_size = int("hidden_size")?;
+        let num_heads = int("num_attention_heads")?;
+        let num_kv_heads = raw.get("num_key_value_heads").and_then(Value::as_u64).map(|v| v as usize).unwrap_or(num_heads);
+        let head_dim = match raw.get("head_dim").and_then(Value::as_u64) {
+            Some(h) => h as usize,
+            None => hidden_size / num_heads.max(1),
+        };
+        let rope_theta = raw
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| raw.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
+            .unwrap_or(10000.0) as f32;
+        let cfg = Self {
+            family,
+            hidden_size,
+            intermediate_size: int("intermediate_size")?,
+            num_layers: int("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: int("vocab_size")?,
+            rms_norm_eps: raw.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rope_theta,
+            tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            raw,
+        };
+        if cfg.num_heads == 0 || cfg.num_kv_heads == 0 || cfg.num_heads % cfg.num_kv_heads != 0 {
+            bail!("num_attention_heads {} is not a multiple of num_key_value_heads {}", cfg.num_heads, cfg.num_kv_heads);
+        }
+        if cfg.head_dim % 2 != 0 {
+            bail!("head_dim {} must be even for RoPE", cfg.head_dim);
+        }
+        Ok(cfg)
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}

@@ -1,0 +1,925 @@
+//! GGUF (llama.cpp) reader and importer.
+//!
+//! [`Gguf::open`] memory-maps a GGUF v2/v3 file and parses its header: metadata key/values, tensor
+//! infos and the aligned data section. Every count and length read from the file is checked
+//! against the bytes that remain before anything is allocated, and every tensor's data range is
+//! checked against the file length, so a malformed file yields an error naming the file, never a
+//! panic or a huge allocation. [`Gguf::tensor_f32`] dequantizes F32, F16, BF16, Q8_0, Q4_0 and
+//! Q4_1 tensors.
+//!
+//! [`import_gguf`] turns a llama-architecture GGUF into a Hugging Face style checkpoint directory
+//! (`model.safetensors`, `config.json`, tokenizer files): it renames tensors, undoes the Q/K row
+//! permutation that llama.cpp's converter applies, and builds a config from `llama.*` metadata
+//! unless one is given.
+
+use crate::st_write::{write_atomic, write_safetensors, OutTensor};
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde_json::{json, Value as Json};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// File magic, "GGUF" as little-endian bytes.
+pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+/// Alignment of the data section when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: usize = 32;
+/// ggml supports at most this many dimensions.
+const MAX_DIMS: usize = 4;
+/// Nested arrays deeper than this are rejected (bounds recursion on hostile input).
+const MAX_ARRAY_DEPTH: usize = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Types
+
+/// A ggml tensor type id, as stored in a GGUF tensor info.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GgmlType(pub u32);
+
+impl GgmlType {
+    pub const F32: Self = Self(0);
+    pub const F16: Self = Self(1);
+    pub const Q4_0: Self = Self(2);
+    pub const Q4_1: Self = Self(3);
+    pub const Q8_0: Self = Self(8);
+    pub const BF16: Self = Self(30);
+
+    /// (name, elements per block, bytes per block) for every type llama.cpp can store in a file.
+    fn traits(self) -> Option<(&'static str, usize, usize)> {
+        Some(match self.0 {
+            0 => ("F32", 1, 4),
+            1 => ("F16", 1, 2),
+            2 => ("Q4_0", 32, 18),
+            3 => ("Q4_1", 32, 20),
+            6 => ("Q5_0", 32, 22),
+            7 => ("Q5_1", 32, 24),
+            8 => ("Q8_0", 32, 34),
+            9 => ("Q8_1", 32, 40),
+            10 => ("Q2_K", 256, 84),
+            11 => ("Q3_K", 256, 110),
+            12 => ("Q4_K", 256, 144),
+            13 => ("Q5_K", 256, 176),
+            14 => ("Q6_K", 256, 210),
+            15 => ("Q8_K", 256, 292),
+            16 => ("IQ2_XXS", 256, 66),
+            17 => ("IQ2_XS", 256, 74),
+            18 => ("IQ3_XXS", 256, 98),
+            19 => ("IQ1_S", 256, 50),
+            20 => ("IQ4_NL", 32, 18),
+            21 => ("IQ3_S", 256, 110),
+            22 => ("IQ2_S", 256, 82),
+            23 => ("IQ4_XS", 256, 136),
+            24 => ("I8", 1, 1),
+            25 => ("I16", 1, 2),
+            26 => ("I32", 1, 4),
+            27 => ("I64", 1, 8),
+            28 => ("F64", 1, 8),
+            29 => ("IQ1_M", 256, 56),
+            30 => ("BF16", 1, 2),
+            34 => ("TQ1_0", 256, 54),
+            35 => ("TQ2_0", 256, 66),
+            39 => ("MXFP4", 32, 17),
+            40 => ("NVFP4", 64, 36),
+            41 => ("Q1_0", 128, 18),
+            _ => return None,
+        })
+    }
+
+    /// Type name as llama.cpp spells it ("Q4_1"), or "type#N" for an unknown id.
+    pub fn name(self) -> String {
+        self.traits().map_or_else(|| format!("type#{}", self.0), |t| t.0.to_string())
+    }
+
+    /// (elements per block, bytes per block), or None for an unknown id.
+    pub fn block(self) -> Option<(usize, usize)> {
+        self.traits().map(|(_, n, b)| (n, b))
+    }
+
+    /// Whether [`Gguf::tensor_f32`] can decode this type.
+    pub fn dequantizable(self) -> bool {
+        matches!(self, Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// One metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    /// GGUF strings are UTF-8; invalid sequences are replaced (U+FFFD).
+    String(String),
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    /// Any integer type as i128 (lossless), so callers can range-check into their own type.
+    pub fn as_int(&self) -> Option<i128> {
+        Some(match *self {
+            Self::U8(v) => v.into(),
+            Self::I8(v) => v.into(),
+            Self::U16(v) => v.into(),
+            Self::I16(v) => v.into(),
+            Self::U32(v) => v.into(),
+            Self::I32(v) => v.into(),
+            Self::U64(v) => v.into(),
+            Self::I64(v) => v.into(),
+            _ => return None,
+        })
+    }
+    /// A float (F32 or F64) as f64.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::F32(v) => Some(v.into()),
+            Self::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Self::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+    /// GGUF type name of this value, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::U8(_) => "u8",
+            Self::I8(_) => "i8",
+            Self::U16(_) => "u16",
+            Self::I16(_) => "i16",
+            Self::U32(_) => "u32",
+            Self::I32(_) => "i32",
+            Self::F32(_) => "f32",
+            Self::Bool(_) => "bool",
+            Self::String(_) => "string",
+            Self::Array(_) => "array",
+            Self::U64(_) => "u64",
+            Self::I64(_) => "i64",
+            Self::F64(_) => "f64",
+        }
+    }
+}
+
+/// One tensor's header entry.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGUF order: innermost first (`dims[0]` is the number of columns).
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Offset relative to the start of the data section.
+    pub offset: u64,
+    /// Absolute byte range of the tensor data in the file.
+    pub range: std::ops::Range<usize>,
+}
+
+impl TensorInfo {
+    /// Shape in Hugging Face order (outermost first, i.e. `[rows, cols]` for a matrix).
+    pub fn hf_shape(&self) -> Vec<usize> {
+        // dims were validated to fit usize when the file was opened
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().map(|&d| d as usize).product()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+/// Bounds-checked little-endian cursor over the file bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    file: &'a str,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {msg} (at byte {})", self.file, self.pos)
+    }
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(
+                self.err(format_args!("truncated file: {what} needs {n} bytes, only {} left", self.remaining()))
+            );
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    /// Read a count and check that `count * min_item_bytes` bytes remain.
+    fn count(&mut self, what: &str, min_item_bytes: usize) -> Result<usize> {
+        let n = self.u64(what)?;
+        let need = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_item_bytes));
+        match need {
+            Some(need) if need <= self.remaining() => Ok(n as usize),
+            _ => Err(self.err(format_args!(
+                "truncated or corrupt file: {what} {n} needs at least {n}×{min_item_bytes} bytes, only {} left",
+                self.remaining()
+            ))),
+        }
+    }
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.count(what, 1)?;
+        Ok(String::from_utf8_lossy(self.take(n, what)?).into_owned())
+    }
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>("u8")?[0]),
+            1 => Value::I8(self.array::<1>("i8")?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array("u16")?)),
+            3 => Value::I16(i16::from_le_bytes(self.array("i16")?)),
+            4 => Value::U32(self.u32("u32")?),
+            5 => Value::I32(i32::from_le_bytes(self.array("i32")?)),
+            6 => Value::F32(f32::from_le_bytes(self.array("f32")?)),
+            7 => match self.array::<1>("bool")?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.err(format_args!("invalid bool byte {b}"))),
+            },
+            8 => Value::String(self.string("string length")?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err("arrays nested too deeply"));
+                }
+                let elem = self.u32("array element type")?;
+                let min =
+                    value_min_size(elem).ok_or_else(|| self.err(format_args!("unknown array element type {elem}")))?;
+                let n = self.count("array length", min)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.value(elem, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64("u64")?),
+            11 => Value::I64(i64::from_le_bytes(self.array("i64")?)),
+            12 => Value::F64(f64::from_le_bytes(self.array("f64")?)),
+            t => return Err(self.err(format_args!("unknown metadata value type {t}"))),
+        })
+    }
+}
+
+/// Smallest encoding of a value of GGUF type `ty` (used to bound array lengths).
+fn value_min_size(ty: u32) -> Option<usize> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 => 8,     // length prefix
+        9 => 4 + 8, // element type + length
+        10..=12 => 8,
+        _ => return None,
+    })
+}
+
+/// A memory-mapped, fully validated GGUF file.
+pub struct Gguf {
+    path: PathBuf,
+    mmap: Mmap,
+    pub version: u32,
+    pub alignment: usize,
+    /// Absolute offset of the (aligned) data section.
+    pub data_start: usize,
+    meta: Vec<(String, Value)>,
+    meta_index: HashMap<String, usize>,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+}
+
+impl fmt::Debug for Gguf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gguf")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("kv", &self.meta.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Gguf {
+    /// Memory-map and parse `path`. The header is fully validated here; tensor data is only
+    /// touched by [`Gguf::tensor_f32`] / [`Gguf::tensor_bytes`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+        if len < 24 {
+            bail!("{}: truncated file: {len} bytes is shorter than a GGUF header", path.display());
+        }
+        // SAFETY: the map is read-only; as with any mmap, the file must not be truncated or
+        // rewritten while the Gguf is alive.
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot mmap", path.display()))?;
+        Self::parse(path.to_path_buf(), mmap)
+    }
+
+    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self> {
+        let file = path.display().to_string();
+        let mut c = Cursor { buf: &mmap, pos: 0, file: &file };
+        let magic = c.array::<4>("magic")?;
+        if magic != GGUF_MAGIC {
+            bail!("{file}: not a GGUF file (magic {:?}, expected \"GGUF\")", String::from_utf8_lossy(&magic));
+        }
+        let version = c.u32("version")?;
+        if !(2..=3).contains(&version) {
+            let hint = if (2..=3).contains(&version.swap_bytes()) { " (big-endian file?)" } else { "" };
+            bail!("{file}: unsupported GGUF version {version}{hint}; only versions 2 and 3 are supported");
+        }
+        // Minimal encodings: tensor info = name len (8) + n_dims (4) + 1 dim (8) + type (4) +
+        // offset (8); kv = key len (8) + type (4) + 1-byte value.
+        let n_tensors = c.count("tensor count", 32)?;
+        let n_kv = c.count("metadata kv count", 13)?;
+
+        let mut meta = Vec::with_capacity(n_kv);
+        let mut meta_index = HashMap::with_capacity(n_kv);
+        for _ in 0..n_kv {
+            let key = c.string("metadata key length")?;
+            let ty = c.u32("metadata value type")?;
+            let v = c.value(ty, 0).map_err(|e| anyhow!("{e} in value of key {key}"))?;
+            if meta_index.insert(key.clone(), meta.len()).is_some() {
+                bail!("{file}: duplicate metadata key {key}");
+            }
+            meta.push((key, v));
+        }
+        let alignment = match meta_index.get("general.alignment").map(|&i| &meta[i].1) {
+            None => DEFAULT_ALIGNMENT,
+            Some(Value::U32(a)) if a.is_power_of_two() => *a as usize,
+            Some(v) => bail!("{file}: general.alignment must be a power-of-two u32, got {v:?}"),
+        };
+
+        let mut infos = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string("tensor name length")?;
+            let n_dims = c.u32("tensor n_dims")? as usize;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                bail!("{file}: tensor {name} has {n_dims} dimensions (1..={MAX_DIMS} supported)");
+            }
+            let dims = (0..n_dims).map(|_| c.u64("tensor dim")).collect::<Result<Vec<_>>>()?;
+            let ty = GgmlType(c.u32("tensor type")?);
+            let offset = c.u64("tensor offset")?;
+            infos.push((name, dims, ty, offset));
+        }
+        let data_start = c.pos.checked_next_multiple_of(alignment).unwrap_or(usize::MAX);
+        let file_len = mmap.len();
+        if data_start > file_len && n_tensors > 0 {
+            bail!("{file}: truncated file: data section would start at {data_start}, file length is {file_len}");
+        }
+
+        let mut tensors = Vec::with_capacity(n_tensors);
+        let mut tensor_index = HashMap::with_capacity(n_tensors);
+        for (name, dims, ty, offset) in infos {
+            let (blk, blk_bytes) =
+                ty.block().ok_or_else(|| anyhow!("{file}: tensor {name} has unknown ggml type id {}", ty.0))?;
+            let n_el = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+                .filter(|&n| n.checked_mul(blk_bytes).is_some())
+                .ok_or_else(|| anyhow!("{file}: tensor {name} dims {dims:?} overflow"))?;
+            if !(dims[0] as usize).is_multiple_of(blk) {
+                bail!("{file}: tensor {name} row length {} is not a multiple of the {} block size {blk}", dims[0], ty);
+            }
+            if !offset.is_multiple_of(alignment as u64) {
+                bail!("{file}: tensor {name} offset {offset} is not a multiple of the alignment {alignment}");
+            }
+            let size = n_el / blk * blk_bytes;
+            let start = usize::try_from(offset).ok().and_then(|o| data_start.checked_add(o));
+            let range = match start.and_then(|s| Some(s..s.checked_add(size)?)) {
+                Some(r) if r.end <= file_len => r,
+                _ => bail!(
+                    "{file}: tensor {name} data [{}..{}) exceeds file length {file_len}",
+                    data_start as u128 + offset as u128,
+                    data_start as u128 + offset as u128 + size as u128
+                ),
+            };
+            if tensor_index.insert(name.clone(), tensors.len()).is_some() {
+                bail!("{file}: duplicate tensor name {name}");
+            }
+            tensors.push(TensorInfo { name, dims, ty, offset, range });
+        }
+        Ok(Self { path, mmap, version, alignment, data_start, meta, meta_index, tensors, tensor_index })
+    }
+
+    /// Path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, msg: impl fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {msg}", self.path.display())
+    }
+
+    // --- metadata -----------------------------------------------------------------------------
+
+    /// All metadata in file order.
+    pub fn metadata(&self) -> &[(String, Value)] {
+        &self.meta
+    }
+    /// Raw metadata value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.meta_index.get(key).map(|&i| &self.meta[i].1)
+    }
+    /// Typed lookup: Ok(None) when absent, Err (naming file and key) when present with the wrong type.
+    fn get_as<'a, T>(&'a self, key: &str, want: &str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => f(v).map(Some).ok_or_else(|| {
+                self.fail(format_args!("metadata {key}: expected {want}, found {} {v:?}", v.type_name()))
+            }),
+        }
+    }
+    /// Any integer value that fits in u32.
+    pub fn get_u32(&self, key: &str) -> Result<Option<u32>> {
+        self.get_as(key, "u32", |v| v.as_int().and_then(|i| u32::try_from(i).ok()))
+    }
+    /// Any integer value that fits in u64.
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.get_as(key, "u64", |v| v.as_int().and_then(|i| u64::try_from(i).ok()))
+    }
+    /// Any integer value that fits in i64.
+    pub fn get_i64(&self, key: &str) -> Result<Option<i64>> {
+        self.get_as(key, "i64", |v| v.as_int().and_then(|i| i64::try_from(i).ok()))
+    }
+    /// An F32 value (F64 is narrowed).
+    pub fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.get_as(key, "f32", |v| v.as_f64().map(|x| x as f32))
+    }
+    /// An F32 or F64 value.
+    pub fn get_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get_as(key, "f64", Value::as_f64)
+    }
+    pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get_as(key, "bool", |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })
+    }
+    pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
+        self.get_as(key, "string", Value::as_str)
+    }
+    pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.get_as(key, "array of strings", |v| v.as_array()?.iter().map(Value::as_str).collect())
+    }
+    /// Array of numbers (ints or floats) as f64.
+    pub fn get_f64_array(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.get_as(key, "array of numbers", |v| {
+            v.as_array()?.iter().map(|x| x.as_f64().or_else(|| x.as_int().map(|i| i as f64))).collect()
+        })
+    }
+    /// Array of integers as i64.
+    pub fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.get_as(key, "array of integers", |v| {
+            v.as_array()?.iter().map(|x| x.as_int().and_then(|i| i64::try_from(i).ok())).collect()
+        })
+    }
+
+    // --- tensors ------------------------------------------------------------------------------
+
+    /// All tensor infos in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+    fn info_or_err(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensor_info(name).ok_or_else(|| self.fail(format_args!("no tensor named {name}")))
+    }
+    /// Raw (possibly quantized) bytes of a tensor.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+        Ok(&self.mmap[self.info_or_err(name)?.range.clone()])
+    }
+
+    /// Dequantize a tensor to f32. Returns the HF shape (outermost first, `[rows, cols]`) and the
+    /// row-major values.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let info = self.info_or_err(name)?;
+        let bytes = &self.mmap[info.range.clone()];
+        let out =
+            dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
+        Ok((info.hf_shape(), out))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Decode one block of `ty` (bytes `b`) into `out` (one block of elements).
+fn decode_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        GgmlType::F16 => out[0] = f16_at(b, 0),
+        GgmlType::BF16 => out[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+        GgmlType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for (o, &q) in out.iter_mut().zip(&b[2..34]) {
+                *o = f32::from(q as i8) * d;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let d = f16_at(b, 0);
+            let (lo, hi) = out.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
+                *l = f32::from((q & 0x0f) as i8 - 8) * d;
+                *h = f32::from((q >> 4) as i8 - 8) * d;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let (lo, hi) = out.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
+                *l = f32::from(q & 0x0f) * d + m;
+                *h = f32::from(q >> 4) * d + m;
+            }
+        }
+        _ => unreachable!("decode_block called for {ty}"),
+    }
+}
+
+/// Dequantize `n` elements of type `ty` from `bytes` (which must hold exactly `n` elements).
+/// Errors (without file context) for types that cannot be decoded or a size mismatch.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    if !ty.dequantizable() {
+        bail!("type {ty} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+    }
+    let (blk, blk_bytes) = ty.block().expect("dequantizable types have traits");
+    if !n.is_multiple_of(blk) || bytes.len() != n / blk * blk_bytes {
+        bail!("{n} elements of {ty} need {} bytes, got {}", n.div_ceil(blk) * blk_bytes, bytes.len());
+    }
+    let mut out = vec![0f32; n];
+    // Chunks of many blocks keep rayon overhead negligible.
+    const BLOCKS_PER_TASK: usize = 4096;
+    out.par_chunks_mut(blk * BLOCKS_PER_TASK).zip(bytes.par_chunks(blk_bytes * BLOCKS_PER_TASK)).for_each(|(o, b)| {
+        for (ob, bb) in o.chunks_exact_mut(blk).zip(b.chunks_exact(blk_bytes)) {
+            decode_block(ty, bb, ob);
+        }
+    });
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+/// Map a llama.cpp tensor name to its Hugging Face Llama name.
+pub fn hf_name(gguf_name: &str) -> Option<String> {
+    let (stem, suffix) = gguf_name.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let top = match stem {
+        "token_embd" => Some("model.embed_tokens"),
+        "output_norm" => Some("model.norm"),
+        "output" => Some("lm_head"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(format!("{t}.{suffix}"));
+    }
+    let rest = stem.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undo llama.cpp's Q/K row permutation. `w` is `[rows, cols]` row-major (cols = 1 for a bias).
+///
+/// convert_hf_to_gguf computes `w.reshape(n_head, 2, head_dim/2, cols).swapaxes(1, 2)`, so GGUF
+/// row `h*hd + 2*j + i` holds HF row `h*hd + i*hd/2 + j`; this maps it back.
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows.checked_mul(cols) != Some(w.len()) {
+        bail!("cannot unpermute {rows}x{cols} rows for {n_head} heads (rows must split into heads of even size)");
+    }
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for i in 0..2 {
+            for j in 0..half {
+                let dst = (h * hd + i * half + j) * cols;
+                let src = (h * hd + 2 * j + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Options for [`import_gguf`].
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// tokenizer.json to copy (a tokenizer_config.json beside it is copied too).
+    pub tokenizer: Option<PathBuf>,
+    /// config.json to copy verbatim instead of building one from metadata.
+    pub config: Option<PathBuf>,
+    /// Output float dtype: F32 (default), F16 or BF16.
+    pub dtype: Dtype,
+    /// Replace `out` if it exists.
+    pub force: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self { tokenizer: None, config: None, dtype: Dtype::F32, force: false }
+    }
+}
+
+/// What [`import_gguf`] did.
+#[derive(Clone, Debug)]
+pub struct ImportReport {
+    pub out: PathBuf,
+    pub tensors: usize,
+    pub params: u64,
+    /// Count of source tensors per ggml type name.
+    pub ggml_types: BTreeMap<String, usize>,
+    /// GGUF tensors that were skipped (not model weights, e.g. rope_freqs).
+    pub skipped: Vec<String>,
+    pub tied_embeddings: bool,
+    pub config_from_metadata: bool,
+    pub tokenizer_copied: bool,
+    /// Size of the written model.safetensors.
+    pub safetensors_bytes: u64,
+}
+
+impl fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let types: Vec<String> = self.ggml_types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
+        write!(
+            f,
+            "{}: {} tensors, {} params (from {}), {:.1} MB safetensors, config {}{}",
+            self.out.display(),
+            self.tensors,
+            self.params,
+            types.join(" "),
+            self.safetensors_bytes as f64 / 1e6,
+            if self.config_from_metadata { "built from metadata" } else { "copied" },
+            if self.tied_embeddings { ", tied embeddings" } else { "" },
+        )
+    }
+}
+
+/// Removes a temporary directory unless disarmed.
+struct TmpDir(Option<PathBuf>);
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Import a llama-architecture GGUF file into an HF checkpoint directory `out`
+/// (`model.safetensors`, `config.json`, and the tokenizer files if given).
+///
+/// Everything is written into a temporary directory beside `out` and renamed into place at the
+/// end; `out` must not exist unless `opts.force`.
+pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    if !matches!(opts.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        bail!("{}: output dtype {:?} not supported (F32, F16 or BF16)", out.display(), opts.dtype);
+    }
+    if out.exists() && !opts.force {
+        bail!("{}: already exists (use --force to replace it)", out.display());
+    }
+    let g = Gguf::open(gguf)?;
+    let arch = g.get_str("general.architecture")?.unwrap_or("");
+    if arch != "llama" {
+        return Err(g.fail(format_args!("architecture {arch:?} not supported (only llama)")));
+    }
+    let req_u32 = |key: &str| -> Result<usize> {
+        Ok(g.get_u32(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}")))? as usize)
+    };
+    let n_head = req_u32("llama.attention.head_count")?;
+    let n_head_kv = g.get_u32("llama.attention.head_count_kv")?.map_or(n_head, |v| v as usize);
+
+    // Map every name up front (None = skipped) so an unknown tensor fails before the slow part.
+    let plan = g
+        .tensors()
+        .iter()
+        .map(|info| {
+            let name = &info.name;
+            if name == "rope_freqs.weight" || name.ends_with(".attn_rot_embd") {
+                return Ok((info, None));
+            }
+            let hf = hf_name(name)
+                .ok_or_else(|| g.fail(format_args!("tensor {name} has no Hugging Face Llama equivalent")))?;
+            Ok((info, Some(hf)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let embd = g.tensor_info("token_embd.weight").ok_or_else(|| g.fail("no token_embd.weight tensor"))?;
+    let tied = g.tensor_info("output.weight").is_none();
+    // Read/build the small files first so a bad path fails before the slow part.
+    let config = match &opts.config {
+        Some(p) => std::fs::read(p).with_context(|| format!("{}: cannot read config", p.display()))?,
+        None => {
+            let vocab = embd.hf_shape()[0];
+            let mut c = serde_json::to_string_pretty(&build_config(&g, opts.dtype, vocab, tied)?)?.into_bytes();
+            c.push(b'\n');
+            c
+        }
+    };
+    let tok = match &opts.tokenizer {
+        Some(p) => {
+            let json = std::fs::read(p).with_context(|| format!("{}: cannot read tokenizer", p.display()))?;
+            let cfg_path = p.with_file_name("tokenizer_config.json");
+            let cfg = match cfg_path.is_file() {
+                true => Some(std::fs::read(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?),
+                false => None,
+            };
+            Some((json, cfg))
+        }
+        None => {
+            eprintln!(
+                "warning: {}: no tokenizer given; evaluating {} will need --tokenizer",
+                gguf.display(),
+                out.display()
+            );
+            None
+        }
+    };
+
+    // Dequantize and rename tensor by tensor.
+    let mut outs = Vec::with_capacity(g.tensors().len());
+    let mut report = ImportReport {
+        out: out.to_path_buf(),
+        tensors: 0,
+        params: 0,
+        ggml_types: BTreeMap::new(),
+        skipped: Vec::new(),
+        tied_embeddings: tied,
+        config_from_metadata: opts.config.is_none(),
+        tokenizer_copied: opts.tokenizer.is_some(),
+        safetensors_bytes: 0,
+    };
+    for (info, hf) in plan {
+        let name = &info.name;
+        let Some(hf) = hf else {
+            eprintln!("{}: skipping {name} (not a model weight)", gguf.display());
+            report.skipped.push(name.clone());
+            continue;
+        };
+        let (shape, mut data) = g.tensor_f32(name)?;
+        let heads = if name.contains(".attn_q.") {
+            Some(n_head)
+        } else if name.contains(".attn_k.") {
+            Some(n_head_kv)
+        } else {
+            None
+        };
+        if let Some(h) = heads {
+            let cols = shape.get(1).copied().unwrap_or(1);
+            data = unpermute_rows(&data, shape[0], cols, h).map_err(|e| g.fail(format_args!("tensor {name}: {e}")))?;
+        }
+        *report.ggml_types.entry(info.ty.name()).or_default() += 1;
+        report.params += data.len() as u64;
+        outs.push(OutTensor::float(hf, opts.dtype, shape, &data));
+    }
+    report.tensors = outs.len();
+
+    // Write into a temp dir beside `out`, then rename into place.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    let base = out.file_name().ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?;
+    let tmp = parent.join(format!(".{}.import-tmp.{}", base.to_string_lossy(), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale temp dir", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let mut guard = TmpDir(Some(tmp.clone()));
+
+    let st = tmp.join("model.safetensors");
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&st, &outs, Some(meta))?;
+    drop(outs);
+    report.safetensors_bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
+    write_atomic(&tmp.join("config.json"), &config)?;
+    if let Some((json, cfg)) = tok {
+        write_atomic(&tmp.join("tokenizer.json"), &json)?;
+        if let Some(cfg) = cfg {
+            write_atomic(&tmp.join("tokenizer_config.json"), &cfg)?;
+        }
+    }
+
+    if out.exists() {
+        if !opts.force {
+            bail!("{}: already exists (use --force to replace it)", out.display());
+        }
+        let old = parent.join(format!(".{}.import-old.{}", base.to_string_lossy(), std::process::id()));
+        std::fs::rename(out, &old).with_context(|| format!("{}: cannot move aside", out.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+        let res = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+        res.with_context(|| format!("{}: cannot remove old output", old.display()))?;
+    } else {
+        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    }
+    guard.0 = None;
+    Ok(report)
+}
+
+/// Build an HF LlamaConfig from `llama.*` metadata.
+fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json> {
+    let req =
+        |key: &str| -> Result<u64> { g.get_u64(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}"))) };
+    let hidden = req("llama.embedding_length")?;
+    let heads = req("llama.attention.head_count")?;
+    if heads == 0 {
+        return Err(g.fail("llama.attention.head_count is 0"));
+    }
+    let kv_heads = g.get_u64("llama.attention.head_count_kv")?.unwrap_or(heads);
+    let head_dim = g.get_u64("llama.attention.key_length")?.unwrap_or(hidden / heads);
+    let eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+    let theta = g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0);
+    let mut c = json!({
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden,
+        "intermediate_size": req("llama.feed_forward_length")?,
+        "num_hidden_layers": req("llama.block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": f64::from(eps),
+        "rope_theta": f64::from(theta),
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        "torch_dtype": dtype_name(dtype),
+        "attention_bias": g.tensor_info("blk.0.attn_q.bias").is_some(),
+        "mlp_bias": false,
+    });
+    let obj = c.as_object_mut().expect("json! object");
+    if let Some(ctx) = g.get_u64("llama.context_length")? {
+        obj.insert("max_position_embeddings".into(), ctx.into());
+    }
+    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
+    {
+        if let Some(id) = g.get_u64(key)? {
+            obj.insert(hf.into(), id.into());
+        }
+    }
+    Ok(c)
+}

@@ -1,0 +1,342 @@
+//! The decoder-only transformer (Llama, Mistral, Qwen2) on the CPU, in f32, one decoder layer at a
+//! time. [`Model::load_layer`] + [`Model::forward_layer`] form the layer-streaming API: callers
+//! keep one layer's weights and one batch of hidden states, and observe the input of every
+//! linear through a hook.
+
+use crate::arch::{Input, LinearSpec};
+use crate::config::ModelConfig;
+use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, Rope};
+use crate::weights::Checkpoint;
+use anyhow::{anyhow, bail, Result};
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Rows (tokens) processed together inside one layer; bounds the size of intermediates.
+const CHUNK_TOKENS: usize = 4096;
+/// Query rows per attention task: one task holds at most `ATTN_BLOCK × ctx` scores.
+const ATTN_BLOCK: usize = 128;
+
+/// A linear layer's weight `[out][inn]` in f32 (dequantized if the checkpoint is packed).
+#[derive(Clone, Debug)]
+pub struct LinearW {
+    pub spec: LinearSpec,
+    pub out: usize,
+    pub inn: usize,
+    pub w: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl LinearW {
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = matmul_bt(x, rows, self.inn, &self.w, self.out);
+        if let Some(b) = &self.bias {
+            for r in y.chunks_mut(self.out) {
+                r.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        }
+        y
+    }
+}
+
+/// One decoder layer's weights, in the family table's order.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub index: usize,
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub linears: Vec<LinearW>,
+}
+
+impl LayerWeights {
+    pub fn get(&self, name: &str) -> &LinearW {
+        self.linears.iter().find(|l| l.spec.name == name).expect("linear in family table")
+    }
+    pub fn get_mut(&mut self, name: &str) -> &mut LinearW {
+        self.linears.iter_mut().find(|l| l.spec.name == name).expect("linear in family table")
+    }
+    pub fn norm_mut(&mut self, name: &str) -> &mut Vec<f32> {
+        match name {
+            "input_layernorm" => &mut self.input_norm,
+            "post_attention_layernorm" => &mut self.post_norm,
+            _ => panic!("unknown norm {name}"),
+        }
+    }
+}
+
+/// Loads a linear's f32 weight from a packed checkpoint; installed by the quantized-checkpoint
+/// reader (`qmodel`), `None` for plain checkpoints.
+pub type PackedLoader = dyn Fn(&Checkpoint, &str) -> Result<Option<Vec<f32>>> + Send + Sync;
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub ck: Checkpoint,
+    pub packed: Option<Box<PackedLoader>>,
+    embed: OnceLock<Vec<f32>>,
+    lm_head: OnceLock<Vec<f32>>,
+}
+
+impl Model {
+    /// Open a checkpoint directory (config.json + safetensors). Quantized directories are opened
+    /// by [`crate::qmodel::open`], which installs a packed loader.
+    pub fn open_dense(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::load(&dir.join("config.json"))?;
+        let ck = Checkpoint::open(dir)?;
+        let m = Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() };
+        m.check_tensors()?;
+        Ok(m)
+    }
+
+    pub fn with_packed(mut self, loader: Box<PackedLoader>) -> Self {
+        self.packed = Some(loader);
+        self
+    }
+
+    /// Every tensor the forward pass needs is present (checked up front, not mid-eval).
+    pub fn check_tensors(&self) -> Result<()> {
+        let c = &self.cfg;
+        let mut need = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        if !c.tie_word_embeddings {
+            need.push("lm_head.weight".into());
+        }
+        for i in 0..c.num_layers {
+            need.push(format!("model.layers.{i}.input_layernorm.weight"));
+            need.push(format!("model.layers.{i}.post_attention_layernorm.weight"));
+            for l in c.family.linears() {
+                let p = format!("model.layers.{i}.{}", l.name);
+                if !self.ck.contains(&format!("{p}.weight")) && !self.ck.contains(&format!("{p}.qweight")) {
+                    need.push(format!("{p}.weight"));
+                }
+                if l.has_bias {
+                    need.push(format!("{p}.bias"));
+                }
+            }
+        }
+        for n in need {
+            if !self.ck.contains(&n) {
+                bail!("{}: missing tensor {n}", self.ck.dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape `[out, in]` of a decoder-layer linear.
+    pub fn linear_shape(&self, spec: &LinearSpec) -> (usize, usize) {
+        let c = &self.cfg;
+        match spec.name {
+            "self_attn.q_proj" => (c.q_dim(), c.hidden_size),
+            "self_attn.k_proj" | "self_attn.v_proj" => (c.kv_dim(), c.hidden_size),
+            "self_attn.o_proj" => (c.hidden_size, c.q_dim()),
+            "mlp.gate_proj" | "mlp.up_proj" => (c.intermediate_size, c.hidden_size),
+            "mlp.down_proj" => (c.hidden_size, c.intermediate_size),
+            n => unreachable!("linear {n} not in the family table"),
+        }
+    }
+
+    /// A linear's f32 weight by full prefix (e.g. `model.layers.0.mlp.up_proj`).
+    pub fn linear_weight(&self, prefix: &str, out: usize, inn: usize) -> Result<Vec<f32>> {
+        let dense = format!("{prefix}.weight");
+        if self.ck.contains(&dense) {
+            return self.ck.f32_shaped(&dense, &[out, inn]);
+        }
+        if let Some(load) = &self.packed {
+            if let Some(w) = load(&self.ck, prefix)? {
+                if w.len() != out * inn {
+                    bail!("{}: packed {prefix} unpacks to {} values, expected {out}x{inn}", self.ck.dir.display(), w.len());
+                }
+                return Ok(w);
+            }
+        }
+        bail!("{}: missing tensor {dense}", self.ck.dir.display())
+    }
+
+    pub fn load_layer(&self, i: usize) -> Result<LayerWeights> {
+        let c = &self.cfg;
+        let d = c.hidden_size;
+        let p = format!("model.layers.{i}");
+        let mut linears = Vec::new();
+        for spec in c.family.linears() {
+            let (out, inn) = self.linear_shape(spec);
+            let prefix = format!("{p}.{}", spec.name);
+            let w = self.linear_weight(&prefix, out, inn)?;
+            let bias = if spec.has_bias { Some(self.ck.f32_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
+            linears.push(LinearW { spec: *spec, out, inn, w, bias });
+        }
+        Ok(LayerWeights {
+            index: i,
+            input_norm: self.ck.f32_shaped(&format!("{p}.input_layernorm.weight"), &[d])?,
+            post_norm: self.ck.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+            linears,
+        })
+    }
+
+    fn embed_table(&self) -> Result<&Vec<f32>> {
+        if self.embed.get().is_none() {
+            let v = self.ck.f32_shaped("model.embed_tokens.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
+            let _ = self.embed.set(v);
+        }
+        Ok(self.embed.get().unwrap())
+    }
+
+    fn lm_head_table(&self) -> Result<&Vec<f32>> {
+        if self.cfg.tie_word_embeddings {
+            return self.embed_table();
+        }
+        if self.lm_head.get().is_none() {
+            let v = self.ck.f32_shaped("lm_head.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
+            let _ = self.lm_head.set(v);
+        }
+        Ok(self.lm_head.get().unwrap())
+    }
+
+    /// Hidden states `[tokens.len()][hidden]` for token ids.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.cfg.hidden_size;
+        let table = self.embed_table()?;
+        let mut h = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= self.cfg.vocab_size {
+                return Err(anyhow!("token id {t} out of range (vocab_size {})", self.cfg.vocab_size));
+            }
+            h.extend_from_slice(&table[t * d..(t + 1) * d]);
+        }
+        Ok(h)
+    }
+
+    /// Apply decoder layer `lw` in place to `h`, which holds `h.len() / (seq_len*hidden)`
+    /// independent sequences of `seq_len` tokens each (positions restart at 0 in each).
+    /// `hook(input, x, rows)` sees the input of every linear, chunk by chunk.
+    pub fn forward_layer(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
+        let d = self.cfg.hidden_size;
+        assert!(seq_len > 0 && h.len() % (seq_len * d) == 0);
+        let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
+        for chunk in h.chunks_mut(seqs_per_chunk * seq_len * d) {
+            self.forward_chunk(lw, chunk, seq_len, hook);
+        }
+    }
+
+    fn forward_chunk(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
+        let c = &self.cfg;
+        let d = c.hidden_size;
+        let rows = h.len() / d;
+        let xn = rms_norm(h, &lw.input_norm, c.rms_norm_eps);
+        hook(Input::AttnIn, &xn, rows);
+        let mut q = lw.get("self_attn.q_proj").forward(&xn, rows);
+        let mut k = lw.get("self_attn.k_proj").forward(&xn, rows);
+        let v = lw.get("self_attn.v_proj").forward(&xn, rows);
+        drop(xn);
+        self.apply_rope(&mut q, &mut k, rows, seq_len);
+        let att = self.attention(&q, &k, &v, rows, seq_len);
+        drop((q, k, v));
+        hook(Input::AttnOut, &att, rows);
+        let o = lw.get("self_attn.o_proj").forward(&att, rows);
+        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        drop((att, o));
+        let xn = rms_norm(h, &lw.post_norm, c.rms_norm_eps);
+        hook(Input::MlpIn, &xn, rows);
+        let mut g = lw.get("mlp.gate_proj").forward(&xn, rows);
+        let u = lw.get("mlp.up_proj").forward(&xn, rows);
+        drop(xn);
+        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
+            g.iter_mut().zip(u).for_each(|(a, b)| *a = silu(*a) * b);
+        });
+        drop(u);
+        hook(Input::MlpAct, &g, rows);
+        let dn = lw.get("mlp.down_proj").forward(&g, rows);
+        h.iter_mut().zip(&dn).for_each(|(a, b)| *a += b);
+    }
+
+    fn apply_rope(&self, q: &mut [f32], k: &mut [f32], rows: usize, seq_len: usize) {
+        let c = &self.cfg;
+        let hd = c.head_dim;
+        let rope = Rope::new(hd, c.rope_theta, seq_len);
+        let (qd, kd) = (c.q_dim(), c.kv_dim());
+        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).enumerate().for_each(|(r, (qr, kr))| {
+            let pos = r % seq_len;
+            qr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
+            kr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
+        });
+        debug_assert_eq!(q.len(), rows * qd);
+    }
+
+    /// Causal multi-head attention with grouped KV heads. Tasks are (sequence, head, query block);
+    /// each holds only `ATTN_BLOCK × seq_len` scores.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize) -> Vec<f32> {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (qd, kd) = (c.q_dim(), c.kv_dim());
+        let n_seq = rows / seq_len;
+        let n_blocks = seq_len.div_ceil(ATTN_BLOCK);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = nh / nkv;
+        // Gather each (sequence, kv head) K and V contiguously: [seq_len][hd].
+        let gather = |src: &[f32], width: usize, s: usize, h: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(seq_len * hd);
+            for t in 0..seq_len {
+                let r = s * seq_len + t;
+                out.extend_from_slice(&src[r * width + h * hd..r * width + (h + 1) * hd]);
+            }
+            out
+        };
+        let kvs: Vec<(Vec<f32>, Vec<f32>)> =
+            (0..n_seq * nkv).into_par_iter().map(|i| (gather(k, kd, i / nkv, i % nkv), gather(v, kd, i / nkv, i % nkv))).collect();
+        let tasks: Vec<(usize, usize, usize)> =
+            (0..n_seq).flat_map(|s| (0..nh).flat_map(move |h| (0..n_blocks).map(move |b| (s, h, b)))).collect();
+        let results: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(s, h, b)| {
+                let (r0, r1) = (b * ATTN_BLOCK, ((b + 1) * ATTN_BLOCK).min(seq_len));
+                let m = r1 - r0;
+                let (kh, vh) = &kvs[s * nkv + h / group];
+                let mut qb = Vec::with_capacity(m * hd);
+                for t in r0..r1 {
+                    let r = s * seq_len + t;
+                    qb.extend_from_slice(&q[r * qd + h * hd..r * qd + (h + 1) * hd]);
+                }
+                // Keys 0..r1 suffice under the causal mask.
+                let mut sc = vec![0f32; m * r1];
+                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[..r1 * hd], r1);
+                for (i, row) in sc.chunks_mut(r1).enumerate() {
+                    let lim = r0 + i + 1;
+                    let mx = row[..lim].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
+                    row[..lim].iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
+                    let sum: f32 = row[..lim].iter().sum();
+                    let inv = 1.0 / sum;
+                    row[..lim].iter_mut().for_each(|x| *x *= inv);
+                    row[lim..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                let mut ob = vec![0f32; m * hd];
+                matmul_seq(&mut ob, &sc, m, r1, &vh[..r1 * hd], hd, false);
+                ob
+            })
+            .collect();
+        let mut out = vec![0f32; rows * qd];
+        for (&(s, h, b), ob) in tasks.iter().zip(&results) {
+            let r0 = b * ATTN_BLOCK;
+            for (i, orow) in ob.chunks(hd).enumerate() {
+                let r = s * seq_len + r0 + i;
+                out[r * qd + h * hd..r * qd + (h + 1) * hd].copy_from_slice(orow);
+            }
+        }
+        out
+    }
+
+    /// Final norm + lm_head for `rows` hidden states: logits `[rows][vocab]`.
+    pub fn logits(&self, h: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let norm = self.ck.f32_shaped("model.norm.weight", &[c.hidden_size])?;
+        let xn = rms_norm(h, &norm, c.rms_norm_eps);
+        Ok(matmul_bt(&xn, rows, c.hidden_size, self.lm_head_table()?, c.vocab_size))
+    }
+
+    /// Run all layers over `n_seq` sequences of `seq_len` tokens: final hidden states.
+    pub fn hidden(&self, tokens: &[u32], seq_len: usize) -> Result<Vec<f32>> {
+        let mut h = self.embed(tokens)?;
+        for i in 0..self.cfg.num_layers {
+            let lw = self.load_layer(i)?;
+            self.forward_layer(&lw, &mut h, seq_len, &mut |_, _, _| {});
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,173 @@
+//! Memory-mapped HF checkpoints: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Tensors are converted to f32 one at a time on access; the
+//! model is never copied into RAM as a whole.
+
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+}
+
+/// Where a tensor lives: shard, dtype, shape, byte range inside the shard's data section.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    shard: usize,
+    start: usize,
+    end: usize,
+}
+
+/// A set of memory-mapped safetensors files addressed by tensor name.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    shards: Vec<Shard>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+pub fn dtype_size(d: Dtype) -> Option<usize> {
+    Some(match d {
+        Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+        Dtype::F16 | Dtype::BF16 | Dtype::I16 | Dtype::U16 => 2,
+        Dtype::U8 | Dtype::I8 | Dtype::BOOL => 1,
+        Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
+        _ => return None,
+    })
+}
+
+impl Checkpoint {
+    /// Open the safetensors of a checkpoint directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| anyhow!("{}: missing \"weight_map\"", index.display()))?;
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+            names.sort();
+            names.dedup();
+            if names.iter().any(|n| n.contains('/') || n.contains("..")) {
+                bail!("{}: weight_map names a file outside the directory", index.display());
+            }
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
+        };
+        let mut ck = Checkpoint { dir: dir.to_owned(), shards: Vec::new(), tensors: BTreeMap::new() };
+        for f in files {
+            ck.add_shard(&f)?;
+        }
+        Ok(ck)
+    }
+
+    fn add_shard(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        // SAFETY: the file is opened read-only; lowbit never writes into a checkpoint it reads.
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot mmap", path.display()))?;
+        let p = path.display();
+        if mmap.len() < 8 {
+            bail!("{p}: truncated safetensors file ({} bytes, no header)", mmap.len());
+        }
+        let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("{p}: invalid safetensors header: {e}"))?;
+        let data_start = 8 + header_len;
+        let data_len = mmap.len() - data_start;
+        let shard = self.shards.len();
+        for (name, info) in meta.tensors() {
+            let dtype = info.dtype;
+            let size = dtype_size(dtype).ok_or_else(|| anyhow!("{p}: tensor {name} has unsupported dtype {dtype:?}"))?;
+            let (start, end) = info.data_offsets;
+            let numel: usize = info.shape.iter().product();
+            if end < start || end - start != numel * size {
+                bail!("{p}: tensor {name}: byte range {start}..{end} does not match shape {:?} of {dtype:?}", info.shape);
+            }
+            if end > data_len {
+                bail!("{p}: tensor {name}: data offsets {start}..{end} out of range (file has {data_len} data bytes; truncated?)");
+            }
+            self.tensors.insert(name.clone(), TensorInfo { dtype, shape: info.shape.clone(), shard, start, end });
+        }
+        self.shards.push(Shard { path: path.to_owned(), mmap, data_start });
+        Ok(())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    fn shard_path(&self, info: &TensorInfo) -> &Path {
+        &self.shards[info.shard].path
+    }
+
+    /// Raw little-endian bytes of a tensor (borrowed from the mapping).
+    pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", self.dir.display()))?;
+        let s = &self.shards[info.shard];
+        Ok((info, &s.mmap[s.data_start + info.start..s.data_start + info.end]))
+    }
+
+    /// A float tensor converted to f32, with its shape.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (info, bytes) = self.raw(name)?;
+        let v = match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            d => bail!("{}: tensor {name} has dtype {d:?}, expected a float type", self.shard_path(info).display()),
+        };
+        Ok((info.shape.clone(), v))
+    }
+
+    /// A float tensor that must have exactly `shape`.
+    pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (s, v) = self.f32(name)?;
+        if s != shape {
+            let info = &self.tensors[name];
+            bail!("{}: tensor {name} has shape {s:?}, expected {shape:?}", self.shard_path(info).display());
+        }
+        Ok(v)
+    }
+
+    /// An integer tensor (I32/U8/...) as i32 values.
+    pub fn i32s(&self, name: &str) -> Result<(Vec<usize>, Vec<i32>)> {
+        let (info, bytes) = self.raw(name)?;
+        let v = match info.dtype {
+            Dtype::I32 | Dtype::U32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::U8 => bytes.iter().map(|&b| b as i32).collect(),
+            d => bail!("{}: tensor {name} has dtype {d:?}, expected an integer type", self.shard_path(info).display()),
+        };
+        Ok((info.shape.clone(), v))
+    }
+
+    /// Total bytes of all tensors, by dtype.
+    pub fn bytes_by_dtype(&self) -> HashMap<String, (usize, usize)> {
+        let mut m: HashMap<String, (usize, usize)> = HashMap::new();
+        for t in self.tensors.values() {
+            let e = m.entry(format!("{:?}", t.dtype)).or_default();
+            e.0 += 1;
+            e.1 += t.end - t.start;
+        }
+        m
+    }
+}
