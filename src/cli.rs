@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing and printing only; the work is in the library.
 
 use crate::eval::{self, Convention};
+use crate::quantize::{Format, Method};
 use crate::mem::fmt_bytes;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, Context, Result};
@@ -26,10 +27,69 @@ pub enum Cmd {
     Eval(EvalArgs),
     /// Architecture, parameter count, tensors by dtype and bits per weight.
     Inspect(InspectArgs),
+    /// Quantize every decoder-layer linear of a checkpoint and write a packed checkpoint.
+    ///
+    /// Calibration text is tokenized, `--calib-samples` windows of `--calib-seqlen` tokens are
+    /// drawn (seeded), and streamed through the model one layer at a time.
+    ///
+    /// Example: lowbit quantize --model smollm2 --out smollm2-awq-w4 --method awq --bits 4 --calib ptb.valid.txt
+    Quantize(QuantizeArgs),
     /// Convert a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors) to an HF checkpoint.
     ///
     /// Example: lowbit import-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2 --tokenizer tokenizer.json --config config.json
     ImportGguf(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Checkpoint directory to quantize (config.json, tokenizer.json, *.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output directory (must not exist unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// rtn: round to nearest; awq: activation-aware scaling + clip search.
+    #[arg(long, value_enum, default_value_t = Method::Awq)]
+    pub method: Method,
+    /// Bits per weight code (2..8).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Input channels per quantization group (the last group of a row may be shorter).
+    #[arg(long, default_value_t = 128)]
+    pub group_size: usize,
+    /// Symmetric grid (no zero point search; z = 2^(bits-1)).
+    #[arg(long)]
+    pub sym: bool,
+    /// Calibration text: plain UTF-8, or JSONL with a "text" field (.jsonl). Never the eval text.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Number of calibration windows.
+    #[arg(long, default_value_t = 128)]
+    pub calib_samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    pub calib_seqlen: usize,
+    /// Seed of the calibration sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = Format::Lowbit)]
+    pub format: Format,
+    /// Float type of embeddings, norms and lm_head.
+    #[arg(long, value_enum, default_value_t = FloatType::F16)]
+    pub float_dtype: FloatType,
+    /// Calibration tokens per input kept for AWQ's scale search (subsampled evenly).
+    #[arg(long, default_value_t = 2048)]
+    pub search_tokens: usize,
+    /// Print the output size and bits per weight without quantizing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace the output directory if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -123,6 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Quantize(a) => cmd_quantize(a),
         Cmd::ImportGguf(a) => {
             let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
             let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
@@ -164,6 +225,47 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print!("{}", rep.to_text());
+    }
+    Ok(())
+}
+
+fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    let o = crate::quantize::Options {
+        method: a.method,
+        bits: a.bits,
+        group_size: a.group_size,
+        sym: a.sym,
+        calib: a.calib,
+        calib_samples: a.calib_samples,
+        calib_seqlen: a.calib_seqlen,
+        seed: a.seed,
+        format: a.format,
+        out: a.out,
+        force: a.force,
+        float_dtype: a.float_dtype.dtype(),
+        search_tokens: a.search_tokens,
+    };
+    let mut pb: Option<ProgressBar> = None;
+    let s = crate::quantize::quantize(&a.model, &o, a.dry_run, &mut |i, n, msg| {
+        let p = pb.get_or_insert_with(|| progress(n as u64, msg));
+        p.set_message(msg.to_string());
+        p.set_position(i as u64);
+    })?;
+    if let Some(p) = pb {
+        p.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        let verb = if s.dry_run { "would write" } else { "wrote" };
+        println!("{verb} {} ({}, {} {}-bit g{}, format {})", s.out, fmt_bytes(s.bytes), s.method, s.bits, s.group_size, s.format);
+        println!("bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)", s.linear_bpw, s.model_bpw);
+        if !s.dry_run {
+            println!("time             {:.1} s ({} calibration tokens)", s.seconds, s.calib_tokens);
+            if let Some(p) = s.peak_rss_bytes {
+                println!("peak memory      {}", fmt_bytes(p));
+            }
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pack;
 pub mod qmodel;
 pub mod quant;
+pub mod quantize;
 pub mod st_write;
 pub mod stats;
 pub mod tokenizer;

@@ -80,11 +80,17 @@ impl Model {
     /// Open a checkpoint directory (config.json + safetensors). Quantized directories are opened
     /// by [`crate::qmodel::open`], which installs a packed loader.
     pub fn open_dense(dir: &Path) -> Result<Self> {
-        let cfg = ModelConfig::load(&dir.join("config.json"))?;
-        let ck = Checkpoint::open(dir)?;
-        let m = Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() };
+        let m = Self::open_dense_unchecked(dir)?;
         m.check_tensors()?;
         Ok(m)
+    }
+
+    /// Open without checking that every tensor is present (the caller installs a packed loader
+    /// first, then calls [`Model::check_tensors`]).
+    pub fn open_dense_unchecked(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::load(&dir.join("config.json"))?;
+        let ck = Checkpoint::open(dir)?;
+        Ok(Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() })
     }
 
     pub fn with_packed(mut self, loader: Box<PackedLoader>) -> Self {

@@ -2,16 +2,82 @@
 
 use crate::config::ModelConfig;
 use crate::model::Model;
+use crate::pack::{AwqPacked, GptqPacked, HfQuantMeta, LowbitPacked, LowbitQuantConfig, Packed, PackedLayout, RawTensor, TensorSource};
 use crate::weights::{dtype_size, Checkpoint};
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+impl TensorSource for Checkpoint {
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let (info, data) = Checkpoint::raw(self, name).ok()?;
+        Some(RawTensor { dtype: info.dtype, shape: info.shape.clone(), data })
+    }
+}
+
+/// How the packed linears of a checkpoint are stored, from its quantization_config.
+#[derive(Clone, Debug)]
+pub enum QuantScheme {
+    Lowbit(LowbitQuantConfig),
+    Awq(HfQuantMeta),
+    Gptq(HfQuantMeta),
+}
+
+impl QuantScheme {
+    pub fn from_config(dir: &Path, cfg: &serde_json::Value) -> Result<Option<Self>> {
+        let Some(q) = cfg.get("quantization_config") else { return Ok(None) };
+        let bad = |what: &str| anyhow!("{}: quantization_config: {what}", dir.join("config.json").display());
+        let method = q.get("quant_method").and_then(|m| m.as_str()).ok_or_else(|| bad("missing quant_method"))?;
+        let hf = || -> Result<HfQuantMeta> {
+            let bits = q.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad("missing bits"))? as u8;
+            let group_size = q.get("group_size").and_then(|b| b.as_i64()).ok_or_else(|| bad("missing group_size"))?;
+            Ok(HfQuantMeta { bits, group_size })
+        };
+        Ok(Some(match method {
+            "lowbit" => QuantScheme::Lowbit(serde_json::from_value(q.clone()).map_err(|e| bad(&e.to_string()))?),
+            "awq" => QuantScheme::Awq(hf()?),
+            "gptq" => QuantScheme::Gptq(hf()?),
+            m => return Err(bad(&format!("unsupported quant_method \"{m}\" (lowbit, awq, gptq)"))),
+        }))
+    }
+
+    /// Read the packed tensors of one linear (None when it is not packed).
+    pub fn read(&self, src: &dyn TensorSource, prefix: &str) -> Result<Option<Packed>> {
+        if src.raw(&format!("{prefix}.qweight")).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match self {
+            QuantScheme::Lowbit(c) => {
+                let meta = c.modules.get(prefix).ok_or_else(|| anyhow!("{prefix}: packed but not listed in quantization_config.modules"))?;
+                Packed::Lowbit(LowbitPacked::from_tensors(src, prefix, meta)?)
+            }
+            QuantScheme::Awq(m) => Packed::Awq(AwqPacked::from_tensors(src, prefix, m)?),
+            QuantScheme::Gptq(m) => Packed::Gptq(GptqPacked::from_tensors(src, prefix, m)?),
+        }))
+    }
+}
+
 /// Open a plain or quantized checkpoint for the forward pass. Packed linears are dequantized
 /// from their packed bytes each time a layer is loaded.
 pub fn open(dir: &Path) -> Result<Model> {
-    Model::open_dense(dir)
+    let cfg = ModelConfig::load(&dir.join("config.json"))?;
+    let scheme = QuantScheme::from_config(dir, &cfg.raw)?;
+    let m = Model::open_dense_unchecked(dir)?;
+    let m = match scheme {
+        None => m,
+        Some(s) => {
+            let d = dir.display().to_string();
+            m.with_packed(Box::new(move |ck: &Checkpoint, prefix: &str| -> Result<Option<Vec<f32>>> {
+                match s.read(ck, prefix).map_err(|e| anyhow!("{d}: {e:#}"))? {
+                    None => Ok(None),
+                    Some(p) => Ok(Some(p.unpack().map_err(|e| anyhow!("{d}: {prefix}: {e:#}"))?.dequantize())),
+                }
+            }))
+        }
+    };
+    m.check_tensors()?;
+    Ok(m)
 }
 
 #[derive(Serialize, Default)]

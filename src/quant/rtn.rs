@@ -13,15 +13,21 @@ pub struct Params {
     pub zero: u8,
 }
 
-/// Scale and zero for values spanning `[min, max]`.
+/// Round a scale to the f16 value it will be stored as, so codes are chosen for the stored scale.
+#[inline]
+pub fn f16_round(s: f32) -> f32 {
+    half::f16::from_f32(s).to_f32()
+}
+
+/// Scale and zero for values spanning `[min, max]`; the scale is rounded to f16 first.
 pub fn params(min: f32, max: f32, bits: u8, sym: bool) -> Params {
     if sym {
         let m = min.abs().max(max.abs());
         let half = ((1u32 << (bits - 1)) - 1).max(1) as f32;
-        Params { scale: (m / half).max(1e-8), zero: 1u8 << (bits - 1) }
+        Params { scale: f16_round((m / half).max(1e-7)), zero: 1u8 << (bits - 1) }
     } else {
         let qmax = ((1u32 << bits) - 1) as f32;
-        let scale = ((max - min).max(1e-5)) / qmax;
+        let scale = f16_round(((max - min).max(1e-5)) / qmax);
         let zero = (-(min / scale).round()).clamp(0.0, qmax) as u8;
         Params { scale, zero }
     }
@@ -70,7 +76,7 @@ pub fn quantize(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: 
             q.scales[r * ng + g] = p.scale;
             q.zeros[r * ng + g] = p.zero;
             for c in a..b {
-                q.codes[r * inn + c] = quantize_value(row[c - a], p, bits);
+                q.codes[r * inn + c] = quantize_value(row[c], p, bits);
             }
         }
     }
