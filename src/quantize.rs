@@ -159,11 +159,19 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     }
     let tok = Tokenizer::from_dir(model_dir)?;
     let c = model.cfg.clone();
-    // Refuse what the layout cannot hold before spending time.
+    // Linears the layout cannot hold are kept in float (and listed in modules_to_not_convert),
+    // decided before any work.
+    let mut keep_float = Vec::new();
     for spec in c.family.linears() {
         let (out, inn) = model.linear_shape(spec);
         let probe = rtn::quantize(&vec![0.0; out * inn], out, inn, o.bits, o.group_size, o.sym);
-        pack(o, &probe, &format!("model.layers.*.{}", spec.name))?;
+        if let Err(e) = pack(o, &probe, &format!("model.layers.*.{}", spec.name)) {
+            eprintln!("warning: {e:#}; keeping {} unquantized", spec.name);
+            keep_float.push(spec.name);
+        }
+    }
+    if keep_float.len() == c.family.linears().len() {
+        bail!("--format {:?}: no linear of this model fits the layout", o.format);
     }
     let (tokens, seqlen) = match (&o.calib, o.method.needs(o)) {
         (Some(p), n) if n.mean_abs || n.hessian || n.sample_rows > 0 => {
@@ -178,7 +186,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     }
-    let result = run(&model, o, &tokens, seqlen, &tmp, dry_run, progress);
+    let result = run(&model, o, &tokens, seqlen, &keep_float, dry_run, progress);
     let (tensors, meta, lin_bits, lin_weights) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -215,6 +223,10 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
             Format::Awq => AwqPacked::quantization_config(o.group_size),
             Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, false, o.sym),
         };
+        if !keep_float.is_empty() {
+            let names: Vec<&str> = keep_float.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+            cfg["quantization_config"]["modules_to_not_convert"] = names.into();
+        }
         cfg["torch_dtype"] = format!("{:?}", o.float_dtype).to_lowercase().replace("f16", "float16").replace("bf16", "bfloat16").replace("f32", "float32").into();
         write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
         for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
@@ -241,7 +253,7 @@ fn is_packed_part(name: &str) -> bool {
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64);
 
-fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, _tmp: &Path, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
+fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[&str], dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
     let c = &model.cfg;
     let fd = o.float_dtype;
     let needs = o.method.needs(o);
@@ -270,6 +282,14 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, _tmp: &Path, d
         let p = format!("model.layers.{i}");
         for (name, q) in qs {
             let prefix = format!("{p}.{name}");
+            if keep_float.contains(&name.as_str()) {
+                let l = lw.get(&name);
+                out.push(OutTensor::float(format!("{prefix}.weight"), fd, vec![l.out, l.inn], &l.w));
+                if let Some(b) = &l.bias {
+                    out.push(OutTensor::float(format!("{prefix}.bias"), fd, vec![b.len()], b));
+                }
+                continue;
+            }
             let QTensor::Group(g) = &q else { return Err(anyhow!("{prefix}: vector quantization needs --format lowbit")) };
             let packed = pack(o, g, &prefix)?;
             lin_bits += packed.storage_bits();

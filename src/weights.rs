@@ -82,7 +82,12 @@ impl Checkpoint {
         if mmap.len() < 8 {
             bail!("{p}: truncated safetensors file ({} bytes, no header)", mmap.len());
         }
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| anyhow!("{p}: invalid safetensors header: {e}"))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                anyhow!("{p}: truncated: tensor data offsets in the header are out of range of the file ({} bytes)", mmap.len())
+            }
+            e => anyhow!("{p}: invalid safetensors header: {e}"),
+        })?;
         let data_start = 8 + header_len;
         let data_len = mmap.len() - data_start;
         let shard = self.shards.len();

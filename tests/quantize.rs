@@ -1,0 +1,129 @@
+//! `lowbit quantize` end to end on stories260K: RTN and AWQ score sensibly, AWQ beats RTN at
+//! 3 bits, output is deterministic across thread counts, bad input is refused, and a killed run
+//! leaves no output directory.
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn lowbit(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(lowbit_bin()).args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+fn calib() -> String {
+    shared("data/tinyshakespeare/input.txt").display().to_string()
+}
+
+fn quantize(out: &Path, method: &str, bits: u32, extra: &[&str]) {
+    let m = stories();
+    let b = bits.to_string();
+    let mut args = vec!["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", method, "--bits", &b, "--group-size", "32"];
+    let c = calib();
+    args.extend(["--calib", &c, "--calib-samples", "32", "--calib-seqlen", "256"]);
+    args.extend(extra);
+    let (code, _, err) = lowbit(&args);
+    assert_eq!(code, 0, "quantize failed: {err}");
+}
+
+fn ppl(model: &Path) -> f64 {
+    let t = tinystories_text();
+    let (code, out, err) = lowbit(&["eval", "--model", model.to_str().unwrap(), "--text", t.to_str().unwrap(), "--ctx", "256", "--json"]);
+    assert_eq!(code, 0, "eval failed: {err}");
+    serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["ppl"].as_f64().unwrap()
+}
+
+#[test]
+fn rtn_and_awq_at_4_and_3_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = 5.7351;
+    let mut r = std::collections::HashMap::new();
+    for bits in [4, 3] {
+        for m in ["rtn", "awq"] {
+            let out = tmp.path().join(format!("{m}{bits}"));
+            quantize(&out, m, bits, &[]);
+            // down_proj (in 172) is packed with a short last group in the lowbit layout.
+            let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+            let d = &cfg["quantization_config"]["modules"]["model.layers.0.mlp.down_proj"];
+            assert_eq!(d["in_features"], 172);
+            assert_eq!(d["bits"], bits);
+            let p = ppl(&out);
+            eprintln!("{m} {bits}-bit g32: ppl {p:.4}");
+            r.insert((m, bits), p);
+        }
+    }
+    assert!(r[&("rtn", 4)] < fp * 1.2 && r[&("awq", 4)] < fp * 1.2, "{r:?}");
+    assert!(r[&("awq", 3)] <= r[&("rtn", 3)], "AWQ 3-bit must not be worse than RTN: {r:?}");
+    assert!(r[&("awq", 3)] > fp, "{r:?}");
+}
+
+#[test]
+fn deterministic_across_thread_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("t1"), tmp.path().join("t2"));
+    quantize(&a, "awq", 3, &["--threads", "1"]);
+    quantize(&b, "awq", 3, &["--threads", "2"]);
+    let fa = std::fs::read(a.join("model.safetensors")).unwrap();
+    let fb = std::fs::read(b.join("model.safetensors")).unwrap();
+    assert!(fa == fb, "outputs differ between 1 and 2 threads");
+    assert_eq!(std::fs::read(a.join("config.json")).unwrap(), std::fs::read(b.join("config.json")).unwrap());
+}
+
+fn expect_refusal(args: &[&str], fragment: &str) {
+    let (code, _, err) = lowbit(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
+}
+
+#[test]
+fn bad_quantize_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = stories();
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap();
+    let c = calib();
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["quantize", "--model", m, "--out", o, "--calib", &c].iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str], frag: &str| {
+        let v = base(extra);
+        let a: Vec<&str> = v.iter().map(String::as_str).collect();
+        expect_refusal(&a, frag);
+        assert!(!out.exists());
+    };
+    run(&["--bits", "9"], "--bits must be between 2 and 8");
+    run(&["--bits", "1"], "--bits must be between 2 and 8");
+    run(&["--group-size", "0"], "--group-size");
+    run(&["--format", "awq", "--bits", "3"], "4-bit only");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", empty.to_str().unwrap()], "empty.txt: calibration text is empty");
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time.").unwrap();
+    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", short.to_str().unwrap(), "--calib-seqlen", "64"], "short.txt: calibration text has");
+    std::fs::create_dir_all(&out).unwrap();
+    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "exists (use --force");
+}
+
+#[test]
+fn killed_run_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    let m = stories();
+    let c = calib();
+    let mut child = Command::new(lowbit_bin())
+        .args(["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "awq", "--bits", "3"])
+        .args(["--group-size", "32", "--calib", &c, "--calib-samples", "2000", "--calib-seqlen", "256"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "run finished before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run left {}", out.display());
+}
