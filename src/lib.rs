@@ -8,6 +8,7 @@ pub mod arch;
 pub mod cli;
 pub mod calib;
 pub mod config;
+pub mod cuda;
 pub mod eval;
 pub mod gguf;
 pub mod linalg;

@@ -120,19 +120,41 @@ pub struct InspectReport {
 pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let cfg = ModelConfig::load(&dir.join("config.json"))?;
     let ck = Checkpoint::open(dir)?;
+    let scheme = QuantScheme::from_config(dir, &cfg.raw)?;
     let mut dtypes: BTreeMap<String, DtypeStat> = BTreeMap::new();
     let mut tensors = Vec::new();
     let (mut params, mut bytes) = (0usize, 0usize);
+    // Packed modules: every tensor `{prefix}.{part}` of a prefix that has a `.qweight`.
+    let packed_prefixes: Vec<String> = ck.names().filter_map(|n| n.strip_suffix(".qweight")).map(str::to_owned).collect();
+    let mut module_bits: BTreeMap<String, usize> = BTreeMap::new();
     for (name, info) in ck.tensors() {
         let b = info.shape.iter().product::<usize>() * dtype_size(info.dtype).unwrap_or(0);
         let e = dtypes.entry(format!("{:?}", info.dtype)).or_default();
         e.tensors += 1;
         e.bytes += b;
         bytes += b;
+        if let Some(p) = packed_prefixes.iter().find(|p| name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.') && !r.ends_with(".bias"))) {
+            *module_bits.entry(p.clone()).or_default() += 8 * b;
+            continue;
+        }
         let n = info.shape.iter().product::<usize>();
         params += n;
         tensors.push(TensorReport { name: name.clone(), dtype: format!("{:?}", info.dtype), shape: info.shape.clone(), params: n, bits_per_weight: 8.0 * b as f64 / n.max(1) as f64 });
     }
+    if let Some(s) = &scheme {
+        for (prefix, bits) in module_bits {
+            let p = s.read(&ck, &prefix).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?.ok_or_else(|| anyhow!("{prefix}: no qweight"))?;
+            let (o, i) = p.shape();
+            params += o * i;
+            let kind = match &p {
+                Packed::Lowbit(l) => format!("lowbit {}-bit g{} {}", l.bits, l.group_size, crate::pack::lowbit::grid_name::name(l.grid)),
+                Packed::Awq(a) => format!("awq 4-bit g{}", a.group_size),
+                Packed::Gptq(g) => format!("gptq {}-bit g{}", g.bits, g.group_size),
+            };
+            tensors.push(TensorReport { name: prefix, dtype: kind, shape: vec![o, i], params: o * i, bits_per_weight: bits as f64 / (o * i) as f64 });
+        }
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(InspectReport {
         model: dir.display().to_string(),
         model_type: cfg.raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string(),
@@ -147,7 +169,13 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         parameters: params,
         total_bytes: bytes,
         bits_per_weight: 8.0 * bytes as f64 / params.max(1) as f64,
-        quantization: cfg.raw.get("quantization_config").cloned(),
+        quantization: cfg.raw.get("quantization_config").map(|q| {
+            let mut q = q.clone();
+            if let Some(o) = q.as_object_mut() {
+                o.remove("modules");
+            }
+            q
+        }),
         dtypes,
         tensors,
     })
@@ -167,6 +195,17 @@ impl InspectReport {
         }
         for (d, st) in &self.dtypes {
             w(&mut s, &format!("  {d}"), format!("{} tensors, {}", st.tensors, crate::mem::fmt_bytes(st.bytes as u64)));
+        }
+        let packed: Vec<&TensorReport> = self.tensors.iter().filter(|t| t.dtype.contains("-bit")).collect();
+        if !packed.is_empty() {
+            let (b, n) = packed.iter().fold((0.0, 0usize), |(b, n), t| (b + t.bits_per_weight * t.params as f64, n + t.params));
+            w(&mut s, "packed linears", format!("{} modules, {} weights, {:.3} bits per weight", packed.len(), n, b / n as f64));
+            for t in packed.iter().take(7) {
+                s.push_str(&format!("  {:<40}{} {:?} {:.3} bpw\n", t.name, t.dtype, t.shape, t.bits_per_weight));
+            }
+            if packed.len() > 7 {
+                w(&mut s, "  ...", "(--json lists every tensor)".into());
+            }
         }
         s
     }
