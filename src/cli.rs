@@ -34,6 +34,11 @@ pub enum Cmd {
     ///
     /// Example: lowbit quantize --model smollm2 --out smollm2-awq-w4 --method awq --bits 4 --calib ptb.valid.txt
     Quantize(QuantizeArgs),
+    /// Check every packed layer's CUDA kernel against the CPU reference and time it vs cuBLAS.
+    ///
+    /// Needs an NVIDIA GPU (libcuda loaded at run time); without one it says so and exits with
+    /// code 3. Example: lowbit verify --model smollm2-awq-w4 --layers 'layers\.0\.' --batch 1,8,64
+    Verify(VerifyArgs),
     /// Convert a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors) to an HF checkpoint.
     ///
     /// Example: lowbit import-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2 --tokenizer tokenizer.json --config config.json
@@ -88,6 +93,22 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub force: bool,
     /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Quantized checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Only layers whose name matches this regex.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Batch sizes (rows of activations), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 64])]
+    pub batch: Vec<usize>,
+    /// Print the rows as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -148,6 +169,10 @@ pub struct EvalArgs {
     /// Score at most this many windows from the start.
     #[arg(long)]
     pub max_windows: Option<usize>,
+    /// Reference checkpoint (e.g. the FP model): also report the KL divergence KL(P_ref ‖ P_model)
+    /// and top-1 agreement on the scored positions, streamed.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -184,6 +209,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Quantize(a) => cmd_quantize(a),
+        Cmd::Verify(a) => cmd_verify(a),
         Cmd::ImportGguf(a) => {
             let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
             let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
@@ -198,8 +224,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let tok = Tokenizer::from_dir(&a.model)?;
     let text = read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
+    let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
     let pb = progress(w.windows.len() as u64, "eval");
-    let r = eval::perplexity(&model, &w, &mut |i| pb.set_position(i as u64))?;
+    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |i| pb.set_position(i as u64))?;
     pb.finish_and_clear();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
@@ -211,6 +238,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         println!("ppl            {:.4}", r.ppl);
         println!("mean NLL       {:.6}", r.mean_nll);
         println!("tokens scored  {} ({} windows of {}, {:?})", r.tokens_scored, r.windows, r.ctx, a.convention);
+        if let (Some(k), Some(t)) = (r.kld, r.top1_agreement) {
+            println!("KL divergence  {k:.6} (vs {})", a.reference.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            println!("top-1 agree    {:.4}", t);
+        }
         println!("speed          {:.1} tokens/s ({:.1} s)", r.tokens_per_s, r.seconds);
         if let Some(p) = r.peak_rss_bytes {
             println!("peak memory    {}", fmt_bytes(p));
@@ -261,11 +292,41 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         println!("{verb} {} ({}, {} {}-bit g{}, format {})", s.out, fmt_bytes(s.bytes), s.method, s.bits, s.group_size, s.format);
         println!("bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)", s.linear_bpw, s.model_bpw);
         if !s.dry_run {
-            println!("time             {:.1} s ({} calibration tokens)", s.seconds, s.calib_tokens);
+            println!("time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)", s.seconds, s.calib_tokens, s.forward_seconds);
             if let Some(p) = s.peak_rss_bytes {
                 println!("peak memory      {}", fmt_bytes(p));
             }
         }
+    }
+    Ok(())
+}
+
+fn cmd_verify(a: VerifyArgs) -> Result<()> {
+    let re = a.layers.as_deref().map(regex::Regex::new).transpose().map_err(|e| anyhow!("--layers: invalid regex: {e}"))?;
+    // Check the inputs first, then the GPU, so a bad directory is reported as such.
+    let rep = crate::qmodel::inspect(&a.model)?;
+    if rep.quantization.is_none() {
+        return Err(anyhow!("{}: not a quantized checkpoint (no quantization_config)", a.model.display()));
+    }
+    if !crate::cuda::gpu_available() {
+        eprintln!("error: no CUDA GPU available (libcuda not found or no device); lowbit verify needs an NVIDIA GPU");
+        std::process::exit(crate::verify::EXIT_NO_GPU);
+    }
+    if !a.json {
+        println!("{:<44} {:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>8} {:>6}", "layer", "kernel", "batch", "max rel err", "us", "cuBLAS us", "speedup", "GB/s", "% peak");
+    }
+    let json = a.json;
+    let rows = crate::verify::verify(&a.model, re.as_ref(), &a.batch, &mut |r| {
+        if !json {
+            println!("{:<44} {:<22} {:>5} {:>10.2e} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>6.1}", r.layer, r.kind, r.batch, r.max_rel_err, r.kernel_us, r.cublas_us, r.speedup, r.gbps, r.pct_of_peak);
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    let worst = rows.iter().map(|r| r.max_rel_err).fold(0f64, f64::max);
+    if worst > 1e-2 {
+        return Err(anyhow!("{}: a kernel differs from the CPU reference by {worst:.3e} (> 1e-2)", a.model.display()));
     }
     Ok(())
 }

@@ -74,6 +74,27 @@ pub struct EvalResult {
     pub tokens_per_s: f64,
     pub seconds: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// Mean KL(P_reference ‖ P_model) over the scored positions (with a reference model).
+    pub kld: Option<f64>,
+    /// Fraction of scored positions where both models' top-1 tokens agree.
+    pub top1_agreement: Option<f64>,
+}
+
+/// Log-softmax of a logits row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx;
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+}
+
+/// KL(P‖Q) of two logits rows (P the reference), in f64.
+pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }
 
 /// Log-softmax of one logits row at `target`, in f64.
@@ -88,19 +109,46 @@ const LOGIT_ROWS: usize = 256;
 
 /// Score windows with the model; `on_window` is called after each (for progress).
 pub fn perplexity(model: &Model, w: &Windows, on_window: &mut dyn FnMut(usize)) -> Result<EvalResult> {
-    let t0 = Instant::now();
+    perplexity_vs(model, None, w, on_window)
+}
+
+/// Logits of the scored positions `chunk` of a window's final hidden states.
+fn chunk_logits(model: &Model, h: &[f32], chunk: &[usize]) -> Result<Vec<f32>> {
     let d = model.cfg.hidden_size;
+    let rows: Vec<f32> = chunk.iter().flat_map(|&j| h[j * d..(j + 1) * d].iter().copied()).collect();
+    model.logits(&rows, chunk.len())
+}
+
+/// As [`perplexity`], and with a reference model also the streamed KL divergence and top-1
+/// agreement against it (full logits are never stored: 256 rows at a time).
+pub fn perplexity_vs(model: &Model, reference: Option<&Model>, w: &Windows, on_window: &mut dyn FnMut(usize)) -> Result<EvalResult> {
+    let t0 = Instant::now();
     let vocab = model.cfg.vocab_size;
-    let mut total = 0f64;
+    if let Some(r) = reference {
+        if r.cfg.vocab_size != vocab {
+            bail!("{}: reference vocab_size {} differs from the model's {vocab}", r.ck.dir.display(), r.cfg.vocab_size);
+        }
+    }
+    let (mut total, mut kld, mut agree) = (0f64, 0f64, 0usize);
     let mut count = 0usize;
     for (wi, win) in w.windows.iter().enumerate() {
         let h = model.hidden(win, w.ctx)?;
+        let href = reference.map(|r| r.hidden(win, w.ctx)).transpose()?;
         let positions: Vec<usize> = (w.first..w.ctx - 1).collect();
         for chunk in positions.chunks(LOGIT_ROWS) {
-            let rows: Vec<f32> = chunk.iter().flat_map(|&j| h[j * d..(j + 1) * d].iter().copied()).collect();
-            let logits = model.logits(&rows, chunk.len())?;
+            let logits = chunk_logits(model, &h, chunk)?;
+            let rlogits = match (reference, &href) {
+                (Some(r), Some(hr)) => Some(chunk_logits(r, hr, chunk)?),
+                _ => None,
+            };
             for (r, &j) in chunk.iter().enumerate() {
-                total += nll_of(&logits[r * vocab..(r + 1) * vocab], win[j + 1] as usize);
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                total += nll_of(row, win[j + 1] as usize);
+                if let Some(rl) = &rlogits {
+                    let rrow = &rl[r * vocab..(r + 1) * vocab];
+                    kld += kl_div(rrow, row);
+                    agree += (argmax(rrow) == argmax(row)) as usize;
+                }
                 count += 1;
             }
         }
@@ -117,5 +165,7 @@ pub fn perplexity(model: &Model, w: &Windows, on_window: &mut dyn FnMut(usize)) 
         tokens_per_s: (w.windows.len() * w.ctx) as f64 / secs,
         seconds: secs,
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
+        kld: reference.map(|_| kld / count as f64),
+        top1_agreement: reference.map(|_| agree as f64 / count as f64),
     })
 }

@@ -21,4 +21,5 @@ pub mod quantize;
 pub mod st_write;
 pub mod stats;
 pub mod tokenizer;
+pub mod verify;
 pub mod weights;

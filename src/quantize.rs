@@ -77,6 +77,9 @@ pub struct Summary {
     pub group_size: usize,
     pub seconds: f64,
     pub calib_tokens: usize,
+    /// Seconds spent in the calibration forward pass itself (one FP forward over the calibration
+    /// tokens, statistics excluded): the yardstick of the benchmark ratios.
+    pub forward_seconds: f64,
     pub bytes: u64,
     /// Stored bits per weight of the quantized linears (scales, zeros and indices included).
     pub linear_bpw: f64,
@@ -187,7 +190,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     }
     let result = run(&model, o, &tokens, seqlen, &keep_float, dry_run, progress);
-    let (tensors, meta, lin_bits, lin_weights) = match result {
+    let (tensors, meta, lin_bits, lin_weights, forward_seconds) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -205,6 +208,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         group_size: o.group_size,
         seconds: t0.elapsed().as_secs_f64(),
         calib_tokens: tokens.len(),
+        forward_seconds,
         bytes,
         linear_bpw: lin_bits as f64 / lin_weights.max(1) as f64,
         model_bpw: 8.0 * bytes as f64 / params.max(1) as f64,
@@ -251,7 +255,7 @@ fn is_packed_part(name: &str) -> bool {
     [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s))
 }
 
-type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64);
+type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
 
 fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[&str], dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
     let c = &model.cfg;
@@ -261,6 +265,7 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[
     let mut out: Vec<OutTensor> = Vec::new();
     let mut meta = LowbitQuantConfig::default();
     let (mut lin_bits, mut lin_weights) = (0u64, 0u64);
+    let mut fwd = 0f64;
     for i in 0..c.num_layers {
         progress(i, c.num_layers, "quantizing");
         let mut lw = model.load_layer(i)?;
@@ -270,7 +275,13 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[
             for (inp, d) in dims {
                 stats.insert(inp, InputStats::new(d, tokens.len(), needs));
             }
-            model.forward_layer(&lw, &mut h, seqlen, &mut |inp, x, rows| stats.get_mut(&inp).unwrap().observe(x, rows));
+            let (t, mut in_hooks) = (Instant::now(), 0f64);
+            model.forward_layer(&lw, &mut h, seqlen, &mut |inp, x, rows| {
+                let t = Instant::now();
+                stats.get_mut(&inp).unwrap().observe(x, rows);
+                in_hooks += t.elapsed().as_secs_f64();
+            });
+            fwd += t.elapsed().as_secs_f64() - in_hooks;
             check_finite(&h, &format!("layer {i} output activations"))?;
         }
         let qs = if dry_run {
@@ -314,7 +325,7 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[
         let (shape, l) = model.ck.f32("lm_head.weight")?;
         out.push(OutTensor::float("lm_head.weight", fd, shape, &l));
     }
-    Ok((out, meta, lin_bits, lin_weights))
+    Ok((out, meta, lin_bits, lin_weights, fwd))
 }
 
 fn check_finite(v: &[f32], what: &str) -> Result<()> {

@@ -136,3 +136,21 @@ fn eval_json_is_one_object() {
     assert_eq!(v["tokens_scored"], 2 * 127);
     assert!(v["ppl"].as_f64().unwrap() > 1.0);
 }
+
+#[test]
+fn verify_without_gpu_exits_3() {
+    if lowbit::cuda::gpu_available() {
+        eprintln!("SKIP: a GPU is present; the no-GPU path is not exercised");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q");
+    let m = stories();
+    let (code, _, err) = run(&["quantize", "--model", m.to_str().unwrap(), "--out", q.to_str().unwrap(), "--method", "rtn", "--bits", "4", "--group-size", "32"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["verify", "--model", q.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no CUDA GPU"), "{err}");
+    // A plain checkpoint is refused as such, before the GPU question.
+    expect_error(&["verify", "--model", m.to_str().unwrap()], &["not a quantized checkpoint"]);
+}
