@@ -86,6 +86,13 @@ pub struct QuantizeArgs {
     /// Calibration tokens per input kept for AWQ's scale search (subsampled evenly).
     #[arg(long, default_value_t = 2048)]
     pub search_tokens: usize,
+    /// Mixed precision: linears whose full name (e.g. model.layers.3.mlp.down_proj) matches REGEX
+    /// get METHOD:BITS[:GROUP] instead (repeatable; the last match wins). E.g. 'down_proj=rtn:8'.
+    #[arg(long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]")]
+    pub overrides: Vec<String>,
+    /// Keep linears whose full name matches REGEX in float (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub skip: Vec<String>,
     /// Print the output size and bits per weight without quantizing.
     #[arg(long)]
     pub dry_run: bool,
@@ -275,6 +282,8 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         force: a.force,
         float_dtype: a.float_dtype.dtype(),
         search_tokens: a.search_tokens,
+        overrides: a.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
+        skip: a.skip.iter().map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}"))).collect::<Result<_>>()?,
     };
     let mut pb: Option<ProgressBar> = None;
     let s = crate::quantize::quantize(&a.model, &o, a.dry_run, &mut |i, n, msg| {

@@ -4,7 +4,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-fn par() -> Par {
+/// All rayon threads (sequential when there is one).
+pub fn par() -> Par {
     match rayon::current_num_threads() {
         1 => Par::Seq,
         n => Par::Rayon(std::num::NonZeroUsize::new(n).unwrap()),

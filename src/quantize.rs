@@ -5,7 +5,7 @@
 use crate::arch::Input;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, rtn, GroupQ, QTensor};
+use crate::quant::{awq, rtn, shift, statsq, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
@@ -16,11 +16,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 pub enum Method {
+    /// Round to nearest, per group.
+    #[value(name = "rtn")]
     Rtn,
+    /// Activation-aware scaling + clip search, then RTN.
+    #[value(name = "awq")]
     Awq,
+    /// StatsQ: zero-free half-integer grid, scale 2·mean|W| per group (OFQ).
+    #[value(name = "statsq")]
+    Statsq,
+    /// StatsQ with the scale chosen to minimise the E[x²]-weighted error.
+    #[value(name = "statsq-aware")]
+    StatsqAware,
+    /// AWQ's scale search in front of StatsQ.
+    #[value(name = "awq+statsq")]
+    AwqStatsq,
+    /// DenseShift: ±s·2^-p, no zero code, MSE-optimal scale per group.
+    #[value(name = "shift")]
+    Shift,
+    /// Shift with the scale chosen to minimise the E[x²]-weighted error.
+    #[value(name = "shift-aware")]
+    ShiftAware,
+    /// AWQ's scale search in front of shift quantization.
+    #[value(name = "awq+shift")]
+    AwqShift,
 }
 
 impl Method {
@@ -28,13 +49,71 @@ impl Method {
         match self {
             Method::Rtn => "rtn",
             Method::Awq => "awq",
+            Method::Statsq => "statsq",
+            Method::StatsqAware => "statsq-aware",
+            Method::AwqStatsq => "awq+statsq",
+            Method::Shift => "shift",
+            Method::ShiftAware => "shift-aware",
+            Method::AwqShift => "awq+shift",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::from_str(s, true).ok()
+    }
+
+    /// Statistics this method reads from the calibration pass.
     fn needs(self, o: &Options) -> Needs {
+        let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
         match self {
-            Method::Rtn => Needs::default(),
-            Method::Awq => Needs { mean_abs: true, hessian: false, sample_rows: o.search_tokens },
+            Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
+            Method::Awq | Method::AwqStatsq | Method::AwqShift => awq,
+            Method::StatsqAware | Method::ShiftAware => Needs { mean_sq: true, ..Needs::default() },
         }
+    }
+
+    /// Runs AWQ's scale search in front of its quantizer.
+    fn awq_search(self) -> bool {
+        matches!(self, Method::Awq | Method::AwqStatsq | Method::AwqShift)
+    }
+
+    /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
+    fn propagates_quantized(self) -> bool {
+        false
+    }
+}
+
+/// How one linear is quantized: method, bits and group size (after `--override`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearPlan {
+    pub method: Method,
+    pub bits: u8,
+    pub group_size: usize,
+}
+
+/// `--override 'REGEX=METHOD:BITS[:GROUP]'`: linears whose full name matches get this plan.
+#[derive(Clone, Debug)]
+pub struct Override {
+    pub pattern: regex::Regex,
+    pub method: Method,
+    pub bits: u8,
+    pub group_size: Option<usize>,
+}
+
+impl std::str::FromStr for Override {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || anyhow!("--override {s:?}: expected REGEX=METHOD:BITS[:GROUP], e.g. 'down_proj=rtn:8'");
+        let (re, rest) = s.rsplit_once('=').ok_or_else(bad)?;
+        let pattern = regex::Regex::new(re).map_err(|e| anyhow!("--override {s:?}: invalid regex: {e}"))?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(bad());
+        }
+        let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
+        let bits: u8 = parts[1].parse().map_err(|_| bad())?;
+        let group_size = parts.get(2).map(|g| g.parse::<usize>()).transpose().map_err(|_| bad())?;
+        Ok(Override { pattern, method, bits, group_size })
     }
 }
 
@@ -66,6 +145,24 @@ pub struct Options {
     pub float_dtype: Dtype,
     /// Calibration rows kept per input for AWQ's searches.
     pub search_tokens: usize,
+    /// Per-linear exceptions; the last matching override wins.
+    pub overrides: Vec<Override>,
+    /// Linears whose full name matches one of these stay in float.
+    pub skip: Vec<regex::Regex>,
+}
+
+impl Options {
+    /// The plan of one linear (`None`: kept in float).
+    pub fn plan(&self, prefix: &str) -> Option<LinearPlan> {
+        if self.skip.iter().any(|r| r.is_match(prefix)) {
+            return None;
+        }
+        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size };
+        for o in self.overrides.iter().filter(|o| o.pattern.is_match(prefix)) {
+            p = LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size) };
+        }
+        Some(p)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,25 +189,32 @@ pub struct Summary {
 
 /// Validate options before any work.
 pub fn validate(o: &Options) -> Result<()> {
-    if !(2..=8).contains(&o.bits) {
-        bail!("--bits must be between 2 and 8 (got {})", o.bits);
-    }
-    if o.group_size == 0 {
-        bail!("--group-size must be at least 1");
-    }
-    if o.format == Format::Awq && o.bits != 4 {
-        bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", o.bits);
-    }
-    if o.format == Format::Gptq && ![2, 3, 4, 8].contains(&o.bits) {
-        bail!("--format gptq supports 2, 3, 4 or 8 bits (got --bits {})", o.bits);
-    }
-    if o.method != Method::Rtn && o.calib.is_none() {
-        bail!("--method {} needs --calib FILE (calibration text)", o.method.name());
+    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size })
+        .chain(o.overrides.iter().map(|v| LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size) }));
+    for p in plans {
+        if !(2..=8).contains(&p.bits) {
+            bail!("--bits must be between 2 and 8 (got {})", p.bits);
+        }
+        if p.group_size == 0 {
+            bail!("--group-size must be at least 1");
+        }
+        if o.format == Format::Awq && p.bits != 4 {
+            bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", p.bits);
+        }
+        if o.format == Format::Gptq && ![2, 3, 4, 8].contains(&p.bits) {
+            bail!("--format gptq supports 2, 3, 4 or 8 bits (got --bits {})", p.bits);
+        }
+        if p.method.needs(o).any() && o.calib.is_none() {
+            bail!("--method {} needs --calib FILE (calibration text)", p.method.name());
+        }
     }
     Ok(())
 }
 
 fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
+    if o.format == Format::Awq && !o.sym && q.zeros.iter().any(|&z| z > 15) {
+        bail!("{prefix}: zero point does not fit 4 bits");
+    }
     let layout = match o.format {
         Format::Lowbit => crate::pack::Layout::Lowbit,
         Format::Awq => crate::pack::Layout::Awq,
@@ -119,29 +223,78 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
     Packed::pack(layout, q).with_context(|| format!("{prefix}: cannot pack"))
 }
 
-/// Quantize one layer's linears (after the method's transforms of `lw`).
-fn quantize_layer(o: &Options, model: &Model, lw: &mut LayerWeights, stats: &HashMap<Input, InputStats>) -> Result<Vec<(String, QTensor)>> {
-    if o.method == Method::Awq {
-        let cfg = awq::AwqConfig::new(o.bits, o.group_size, o.sym);
-        let gqa = model.cfg.num_kv_heads != model.cfg.num_heads;
-        for g in model.cfg.family.scale_groups(gqa) {
-            let st = &stats[&g.input];
-            let ws: Vec<&[f32]> = g.linears.iter().map(|n| lw.get(n).w.as_slice()).collect();
-            let inn = st.dim;
-            let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn);
-            awq::apply_scale(lw, &g, &s);
-            if cfg.clip {
-                // The group's inputs are now x / s.
-                let mut x = st.sample.clone();
-                x.chunks_mut(inn).for_each(|r| r.iter_mut().zip(&s).for_each(|(v, s)| *v /= s));
-                let n = st.sample_rows().min(512);
-                for name in g.linears.iter().filter(|n| awq::clips(n)) {
-                    awq::clip(&cfg, &mut lw.get_mut(name).w, inn, &x[..n * inn], n);
-                }
+/// An all-zero weight quantized with a plan's grid: for layout checks and --dry-run sizes.
+fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
+    let mut q = rtn::quantize(&vec![0.0; out * inn], out, inn, p.bits, p.group_size, sym);
+    q.grid = match p.method {
+        Method::Statsq | Method::StatsqAware | Method::AwqStatsq => crate::quant::Grid::HalfInt,
+        Method::Shift | Method::ShiftAware | Method::AwqShift => crate::quant::Grid::Shift,
+        _ => crate::quant::Grid::Affine,
+    };
+    q
+}
+
+/// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against).
+fn row_quantizer(p: LinearPlan, sym: bool) -> Box<dyn Fn(&mut [f32]) + Sync> {
+    let (b, g) = (p.bits, p.group_size);
+    match p.method {
+        Method::Statsq | Method::StatsqAware | Method::AwqStatsq => Box::new(move |row: &mut [f32]| {
+            let d = statsq::statsq(row, 1, row.len(), b, g, None).dequantize();
+            row.copy_from_slice(&d);
+        }),
+        Method::Shift | Method::ShiftAware | Method::AwqShift => Box::new(move |row: &mut [f32]| {
+            let d = shift::shift(row, 1, row.len(), b, g, None).dequantize();
+            row.copy_from_slice(&d);
+        }),
+        _ => Box::new(awq::rtn_row(b, g, sym)),
+    }
+}
+
+/// Quantize one layer's linears with their plans (after the methods' transforms of `lw`).
+/// Returns one entry per linear in table order; `None` keeps the linear in float.
+fn quantize_layer(o: &Options, model: &Model, lw: &mut LayerWeights, plans: &[Option<LinearPlan>], stats: &HashMap<Input, InputStats>) -> Result<Vec<Option<QTensor>>> {
+    let specs = model.cfg.family.linears();
+    let plan_of = |name: &str| specs.iter().position(|s| s.name == name).and_then(|i| plans[i]);
+    let gqa = model.cfg.num_kv_heads != model.cfg.num_heads;
+    for g in model.cfg.family.scale_groups(gqa) {
+        // The group is searched when its linears use an AWQ-family method (the first one's plan
+        // sets the quantizer the search scores against).
+        let Some(p) = g.linears.iter().filter_map(|n| plan_of(n)).find(|p| p.method.awq_search()) else { continue };
+        let cfg = awq::AwqConfig::new(p.bits, p.group_size, o.sym);
+        let st = &stats[&g.input];
+        let inn = st.dim;
+        let ws: Vec<&[f32]> = g.linears.iter().map(|n| lw.get(n).w.as_slice()).collect();
+        let fq = row_quantizer(p, o.sym);
+        let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
+        awq::apply_scale(lw, &g, &s);
+        if cfg.clip && p.method == Method::Awq {
+            // The group's inputs are now x / s.
+            let n = st.sample_rows().min(512);
+            let mut x = st.sample[..n * inn].to_vec();
+            x.chunks_mut(inn).for_each(|r| r.iter_mut().zip(&s).for_each(|(v, s)| *v /= s));
+            for name in g.linears.iter().filter(|n| awq::clips(n) && plan_of(n).is_some_and(|p| p.method == Method::Awq)) {
+                let c = awq::AwqConfig::new(plan_of(name).unwrap().bits, plan_of(name).unwrap().group_size, o.sym);
+                awq::clip(&c, &mut lw.get_mut(name).w, inn, &x, n);
             }
         }
     }
-    Ok(lw.linears.iter().map(|l| (l.spec.name.to_string(), QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, o.bits, o.group_size, o.sym)))).collect())
+    let mut out = Vec::new();
+    for (l, plan) in lw.linears.iter().zip(plans) {
+        let Some(p) = plan else {
+            out.push(None);
+            continue;
+        };
+        let imp = || stats[&l.spec.input].mean_sq();
+        let q = match p.method {
+            Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
+            Method::Statsq | Method::AwqStatsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
+            Method::StatsqAware => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
+            Method::Shift | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
+            Method::ShiftAware => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
+        };
+        out.push(Some(q));
+    }
+    Ok(out)
 }
 
 /// The temporary directory a run writes into, beside the output.
@@ -162,22 +315,37 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     }
     let tok = Tokenizer::from_dir(model_dir)?;
     let c = model.cfg.clone();
-    // Linears the layout cannot hold are kept in float (and listed in modules_to_not_convert),
-    // decided before any work.
-    let mut keep_float = Vec::new();
-    for spec in c.family.linears() {
-        let (out, inn) = model.linear_shape(spec);
-        let probe = rtn::quantize(&vec![0.0; out * inn], out, inn, o.bits, o.group_size, o.sym);
-        if let Err(e) = pack(o, &probe, &format!("model.layers.*.{}", spec.name)) {
-            eprintln!("warning: {e:#}; keeping {} unquantized", spec.name);
-            keep_float.push(spec.name);
+    // Every linear's plan; those the layout cannot hold are kept in float (and listed in
+    // modules_to_not_convert), decided before any work.
+    let mut plans: Vec<Vec<Option<LinearPlan>>> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    for i in 0..c.num_layers {
+        let mut row = Vec::new();
+        for spec in c.family.linears() {
+            let prefix = format!("model.layers.{i}.{}", spec.name);
+            let mut plan = o.plan(&prefix);
+            if let Some(p) = plan {
+                let (out, inn) = model.linear_shape(spec);
+                let probe = probe_q(p, out, inn, o.sym);
+                if let Err(e) = pack(o, &probe, &prefix) {
+                    let msg = format!("{:#}", e).replace(&prefix, &format!("model.layers.*.{}", spec.name));
+                    if !refused.contains(&msg) {
+                        eprintln!("warning: {msg}; keeping {} unquantized", spec.name);
+                        refused.push(msg);
+                    }
+                    plan = None;
+                }
+            }
+            row.push(plan);
         }
+        plans.push(row);
     }
-    if keep_float.len() == c.family.linears().len() {
-        bail!("--format {:?}: no linear of this model fits the layout", o.format);
+    if plans.iter().flatten().all(Option::is_none) {
+        bail!("nothing to quantize: every linear is skipped or does not fit --format {:?}", o.format);
     }
-    let (tokens, seqlen) = match (&o.calib, o.method.needs(o)) {
-        (Some(p), n) if n.mean_abs || n.hessian || n.sample_rows > 0 => {
+    let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
+    let (tokens, seqlen) = match (&o.calib, needs) {
+        (Some(p), n) if n.any() => {
             (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
         }
         _ => (Vec::new(), 0),
@@ -189,7 +357,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     }
-    let result = run(&model, o, &tokens, seqlen, &keep_float, dry_run, progress);
+    let result = run(&model, o, &tokens, seqlen, &plans, needs, dry_run, progress);
     let (tensors, meta, lin_bits, lin_weights, forward_seconds) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -227,8 +395,22 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
             Format::Awq => AwqPacked::quantization_config(o.group_size),
             Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, false, o.sym),
         };
-        if !keep_float.is_empty() {
-            let names: Vec<&str> = keep_float.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+        let float: Vec<String> = (0..c.num_layers)
+            .flat_map(|i| c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name)))
+            .collect();
+        if !float.is_empty() && o.format != Format::Lowbit {
+            // transformers matches these as substrings of module names: a linear kept in float in
+            // every layer is listed by its short name, otherwise by full name.
+            let mut names: Vec<String> = Vec::new();
+            for spec in c.family.linears() {
+                let short = spec.name.rsplit('.').next().unwrap_or(spec.name);
+                let layers: Vec<&String> = float.iter().filter(|f| f.ends_with(&format!(".{}", spec.name))).collect();
+                if layers.len() == c.num_layers {
+                    names.push(short.to_string());
+                } else {
+                    names.extend(layers.into_iter().cloned());
+                }
+            }
             cfg["quantization_config"]["modules_to_not_convert"] = names.into();
         }
         cfg["torch_dtype"] = format!("{:?}", o.float_dtype).to_lowercase().replace("f16", "float16").replace("bf16", "bfloat16").replace("f32", "float32").into();
@@ -257,19 +439,23 @@ fn is_packed_part(name: &str) -> bool {
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
 
-fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[&str], dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
+#[allow(clippy::too_many_arguments)]
+fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, plans: &[Vec<Option<LinearPlan>>], needs: Needs, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
     let c = &model.cfg;
     let fd = o.float_dtype;
-    let needs = o.method.needs(o);
-    let mut h = if seqlen > 0 { model.embed(tokens)? } else { Vec::new() };
+    let mut h = if seqlen > 0 && !dry_run { model.embed(tokens)? } else { Vec::new() };
     let mut out: Vec<OutTensor> = Vec::new();
     let mut meta = LowbitQuantConfig::default();
     let (mut lin_bits, mut lin_weights) = (0u64, 0u64);
     let mut fwd = 0f64;
-    for i in 0..c.num_layers {
+    for (i, plan) in plans.iter().enumerate() {
         progress(i, c.num_layers, "quantizing");
         let mut lw = model.load_layer(i)?;
+        check_finite_layer(&lw)?;
         let mut stats: HashMap<Input, InputStats> = HashMap::new();
+        // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
+        let propagate = !dry_run && seqlen > 0 && plan.iter().flatten().any(|p| p.method.propagates_quantized());
+        let h_in = if propagate { Some(h.clone()) } else { None };
         if seqlen > 0 && !dry_run {
             let dims = [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
             for (inp, d) in dims {
@@ -284,32 +470,40 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, keep_float: &[
             fwd += t.elapsed().as_secs_f64() - in_hooks;
             check_finite(&h, &format!("layer {i} output activations"))?;
         }
-        let qs = if dry_run {
-            lw.linears.iter().map(|l| (l.spec.name.to_string(), QTensor::Group(rtn::quantize(&vec![0.0; l.out * l.inn], l.out, l.inn, o.bits, o.group_size, o.sym)))).collect()
+        let qs: Vec<Option<QTensor>> = if dry_run {
+            lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
         } else {
-            check_finite_layer(&lw)?;
-            quantize_layer(o, model, &mut lw, &stats)?
+            quantize_layer(o, model, &mut lw, plan, &stats)?
         };
-        let p = format!("model.layers.{i}");
-        for (name, q) in qs {
-            let prefix = format!("{p}.{name}");
-            if keep_float.contains(&name.as_str()) {
-                let l = lw.get(&name);
-                out.push(OutTensor::float(format!("{prefix}.weight"), fd, vec![l.out, l.inn], &l.w));
-                if let Some(b) = &l.bias {
-                    out.push(OutTensor::float(format!("{prefix}.bias"), fd, vec![b.len()], b));
+        if let Some(mut hi) = h_in {
+            // Re-run the layer with every quantized linear dequantized.
+            for (l, q) in lw.linears.iter_mut().zip(&qs) {
+                if let Some(q) = q {
+                    l.w = q.dequantize();
                 }
-                continue;
             }
-            let QTensor::Group(g) = &q else { return Err(anyhow!("{prefix}: vector quantization needs --format lowbit")) };
-            let packed = pack(o, g, &prefix)?;
-            lin_bits += packed.storage_bits();
-            lin_weights += (g.out_features * g.in_features) as u64;
-            if let Packed::Lowbit(lp) = &packed {
-                meta.modules.insert(prefix.clone(), lp.meta(o.method.name()));
+            let t = Instant::now();
+            model.forward_layer(&lw, &mut hi, seqlen, &mut |_, _, _| {});
+            fwd += t.elapsed().as_secs_f64();
+            h = hi;
+        }
+        let p = format!("model.layers.{i}");
+        for ((l, q), plan) in lw.linears.iter().zip(qs).zip(plan) {
+            let prefix = format!("{p}.{}", l.spec.name);
+            match (q, plan) {
+                (Some(QTensor::Group(g)), Some(pl)) => {
+                    let packed = pack(o, &g, &prefix)?;
+                    lin_bits += packed.storage_bits();
+                    lin_weights += (g.out_features * g.in_features) as u64;
+                    if let Packed::Lowbit(lp) = &packed {
+                        meta.modules.insert(prefix.clone(), lp.meta(pl.method.name()));
+                    }
+                    out.extend(packed.to_tensors(&prefix));
+                }
+                (Some(QTensor::Vq(_)), _) => bail!("{prefix}: vector quantization needs --format lowbit"),
+                _ => out.push(OutTensor::float(format!("{prefix}.weight"), fd, vec![l.out, l.inn], &l.w)),
             }
-            out.extend(packed.to_tensors(&prefix));
-            if let Some(b) = &lw.get(&name).bias {
+            if let Some(b) = &l.bias {
                 out.push(OutTensor::float(format!("{prefix}.bias"), fd, vec![b.len()], b));
             }
         }

@@ -127,3 +127,39 @@ fn killed_run_leaves_no_output() {
     child.wait().unwrap();
     assert!(!out.exists(), "a killed run left {}", out.display());
 }
+
+#[test]
+fn statsq_and_shift_at_2_and_3_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = 5.7351;
+    for m in ["statsq", "statsq-aware", "awq+statsq", "shift", "shift-aware", "awq+shift"] {
+        for bits in [3, 2] {
+            let out = tmp.path().join(format!("{m}{bits}"));
+            quantize(&out, m, bits, &[]);
+            let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+            let grid = if m.contains("statsq") { "halfint" } else { "shift" };
+            assert_eq!(cfg["quantization_config"]["modules"]["model.layers.2.self_attn.q_proj"]["grid"], grid);
+            let p = ppl(&out);
+            eprintln!("{m} {bits}-bit g32: ppl {p:.4}");
+            assert!(p.is_finite() && p > fp && p < 200.0, "{m} {bits}: ppl {p}");
+        }
+    }
+}
+
+#[test]
+fn mixed_precision_overrides_and_skip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mixed");
+    quantize(&out, "rtn", 3, &["--override", "down_proj=rtn:8", "--override", r"layers\.4\.mlp\.down_proj=rtn:4:16", "--skip", r"layers\.0\.self_attn\.q_proj"]);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let m = &cfg["quantization_config"]["modules"];
+    assert_eq!(m["model.layers.0.mlp.down_proj"]["bits"], 8);
+    assert_eq!(m["model.layers.4.mlp.down_proj"]["bits"], 4);
+    assert_eq!(m["model.layers.4.mlp.down_proj"]["group_size"], 16);
+    assert_eq!(m["model.layers.0.mlp.up_proj"]["bits"], 3);
+    assert!(m.get("model.layers.0.self_attn.q_proj").is_none());
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert!(st.tensor("model.layers.0.self_attn.q_proj.weight").is_ok(), "skipped linear kept in float");
+    assert!(ppl(&out) < 5.7351 * 2.0);
+}

@@ -8,16 +8,17 @@
 //! `compare` feature), builds it with `--release` and runs it. Built inside lowbit (cargo
 //! auto-discovers `benches/*/main.rs`) it compiles to a stub.
 //!
-//! Protocol: the parent process starts one worker process per thread count (1, 2), each with
-//! `RAYON_NUM_THREADS`, `MATRIXMULTIPLY_NUM_THREADS` and `OPENBLAS_NUM_THREADS` set (matrixmultiply
-//! reads its thread count once per process). A worker first checks every candidate's output against
-//! an f64 reference (sampled entries) and against faer (all entries) and exits non-zero above 1e-3
-//! relative (max |diff| / max |ref|); then, for `--rounds` rounds (candidates rotated each round),
-//! times each candidate: warm-up calls, then at least 5 timed calls (more for small shapes, up to a
-//! time budget), keeping the fastest call. The best over all rounds is reported as GFLOP/s =
-//! 2·rows·in·out / time. The parent prints markdown tables.
+//! Protocol: for each of `--rounds` rounds and each thread count (1, 2), the parent process starts a
+//! worker process with `RAYON_NUM_THREADS`, `MATRIXMULTIPLY_NUM_THREADS` and `OPENBLAS_NUM_THREADS`
+//! set (matrixmultiply reads its thread count once per process). In the first round a worker checks
+//! every candidate's output against an f64 reference (sampled entries) and against faer (all
+//! entries) and exits non-zero above 1e-3 relative (max |diff| / max |ref|). Every worker times each
+//! candidate on each shape (order rotated by round and shape): warm-up calls, then at least 5 timed
+//! calls (more for small shapes, up to ~0.3 s), keeping the fastest call. Rounds interleave the
+//! candidates in time, so a load spike from other processes does not hit one candidate only. The
+//! best over all rounds is reported as GFLOP/s = 2·rows·in·out / time, as markdown tables.
 //!
-//! Options: `--rounds N` (default 3), `--threads 1,2`, `--quick` (1 round, fewer shapes).
+//! Options: `--rounds N` (default 3), `--threads 1,2`, `--quick` (3 shapes only).
 //! Env `GEMM_V4_EXE`: path of a second build of this file with gemm's `x86-v4` feature (AVX-512
 //! kernels); the parent then also runs it for a "gemm 0.19 (x86-v4)" column. If OpenBLAS detects a
 //! core without AVX-512 on an AVX-512 machine (Debian's 0.3.21 calls a model-207 Xeon "Prescott"),
@@ -58,13 +59,48 @@ mod bench {
     }
 
     const SHAPES: &[Shape] = &[
-        Shape { name: "q/o", rows: 2048, inn: 576, out: 576 },
-        Shape { name: "k/v", rows: 2048, inn: 576, out: 192 },
-        Shape { name: "gate/up", rows: 2048, inn: 576, out: 1536 },
-        Shape { name: "down", rows: 2048, inn: 1536, out: 576 },
-        Shape { name: "lm_head chunk", rows: 256, inn: 576, out: 49152 },
-        Shape { name: "gate/up", rows: 64, inn: 576, out: 1536 },
-        Shape { name: "gate/up", rows: 1, inn: 576, out: 1536 },
+        Shape {
+            name: "q/o",
+            rows: 2048,
+            inn: 576,
+            out: 576,
+        },
+        Shape {
+            name: "k/v",
+            rows: 2048,
+            inn: 576,
+            out: 192,
+        },
+        Shape {
+            name: "gate/up",
+            rows: 2048,
+            inn: 576,
+            out: 1536,
+        },
+        Shape {
+            name: "down",
+            rows: 2048,
+            inn: 1536,
+            out: 576,
+        },
+        Shape {
+            name: "lm_head chunk",
+            rows: 256,
+            inn: 576,
+            out: 49152,
+        },
+        Shape {
+            name: "gate/up",
+            rows: 64,
+            inn: 576,
+            out: 1536,
+        },
+        Shape {
+            name: "gate/up",
+            rows: 1,
+            inn: 576,
+            out: 1536,
+        },
     ];
 
     #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,7 +237,9 @@ mod bench {
     }
 
     fn arg_value(args: &[String], name: &str) -> Option<String> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
     }
 
     fn shapes(quick: bool) -> Vec<Shape> {
@@ -214,10 +252,14 @@ mod bench {
 
     fn worker(args: &[String]) {
         let threads: usize = arg_value(args, "--threads").unwrap().parse().unwrap();
-        let rounds: usize = arg_value(args, "--rounds").map_or(3, |v| v.parse().unwrap());
+        let round: usize = arg_value(args, "--round").map_or(0, |v| v.parse().unwrap());
+        let check = args.iter().any(|a| a == "--check");
         let quick = args.iter().any(|a| a == "--quick");
         let only = arg_value(args, "--only");
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .unwrap();
         unsafe { openblas_set_num_threads(threads as c_int) };
         let timed: Vec<Cand> = match only.as_deref() {
             Some("gemm") => vec![Cand::Gemm],
@@ -239,7 +281,7 @@ mod bench {
         // Numerical check: every candidate (with this worker's thread count) against an f64
         // reference on sampled entries, and against faer on all entries.
         let mut failed = false;
-        for (si, (s, (x, w))) in shapes.iter().zip(&data).enumerate() {
+        for (si, (s, (x, w))) in shapes.iter().zip(&data).enumerate().filter(|_| check) {
             let n_samples = (s.rows * s.out).min(4096);
             let idx: Vec<(usize, usize)> = fill(2 * n_samples, 1000 + si as u64, 1.0)
                 .chunks(2)
@@ -272,7 +314,11 @@ mod bench {
                 run(c, threads, &mut y, x, w, *s);
                 let sampled: Vec<f32> = idx.iter().map(|&(i, j)| y[i * s.out + j]).collect();
                 let e_exact = max_rel(&sampled, &exact);
-                let e_faer = if y.iter().all(|v| v.is_finite()) { max_rel(&y, &y_faer64) } else { f64::INFINITY };
+                let e_faer = if y.iter().all(|v| v.is_finite()) {
+                    max_rel(&y, &y_faer64)
+                } else {
+                    f64::INFINITY
+                };
                 let e = e_exact.max(e_faer);
                 if !(e <= 1e-3) {
                     failed = true;
@@ -294,7 +340,8 @@ mod bench {
 
         let mut best: BTreeMap<(usize, Cand), f64> = BTreeMap::new();
         let mut ys: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0f32; s.rows * s.out]).collect();
-        for r in 0..rounds {
+        {
+            let r = round;
             for (si, s) in shapes.iter().enumerate() {
                 let (x, w) = &data[si];
                 let flops = 2.0 * (s.rows * s.inn * s.out) as f64;
@@ -309,7 +356,6 @@ mod bench {
                     *e = e.min(t);
                 }
             }
-            eprintln!("  threads={threads}: round {}/{rounds} done", r + 1);
         }
         for ((si, c), t) in best {
             let s = shapes[si];
@@ -335,7 +381,10 @@ mod bench {
         if p.is_null() {
             return "?".into();
         }
-        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .trim()
+            .to_string()
     }
 
     pub fn main() {
@@ -353,8 +402,13 @@ mod bench {
         let v4_exe = std::env::var("GEMM_V4_EXE").ok().filter(|p| !p.is_empty());
         let self_exe = std::env::current_exe().unwrap();
 
-        let (core, config, nt) =
-            unsafe { (cstr(openblas_get_corename()), cstr(openblas_get_config()), openblas_get_num_threads()) };
+        let (core, config, nt) = unsafe {
+            (
+                cstr(openblas_get_corename()),
+                cstr(openblas_get_config()),
+                openblas_get_num_threads(),
+            )
+        };
         eprintln!("OpenBLAS: core {core}; config: {config}; default threads {nt}");
         // OpenBLAS 0.3.21 does not know newer Xeons (e.g. model 207) and falls back to its generic
         // Prescott (SSE3) kernels: then also measure it with its AVX-512 kernels forced.
@@ -367,72 +421,98 @@ mod bench {
         let mut errs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         let mut loads: Vec<String> = Vec::new();
         let shape_list = shapes(quick);
-        for &t in &thread_list {
-            // (binary, timed candidate subset, extra environment, description)
-            let mut jobs: Vec<(std::path::PathBuf, Option<&str>, Vec<(&str, &str)>, String)> =
-                vec![(self_exe.clone(), None, vec![], format!("threads={t}"))];
-            if let Some(v4) = &v4_exe {
-                jobs.push((v4.into(), Some("gemm"), vec![], format!("threads={t} (gemm, x86-v4 build)")));
-            }
-            if want_skx {
-                jobs.push((
-                    self_exe.clone(),
-                    Some("openblas"),
-                    vec![("OPENBLAS_CORETYPE", "SkylakeX")],
-                    format!("threads={t} (OpenBLAS, OPENBLAS_CORETYPE=SkylakeX)"),
-                ));
-            }
-            for (exe, only, env, what) in jobs {
-                let before = loadavg();
-                let mut cmd = Command::new(&exe);
-                cmd.arg("--worker").arg("--threads").arg(t.to_string()).arg("--rounds").arg(&rounds);
-                if quick {
-                    cmd.arg("--quick");
+        let n_rounds: usize = rounds.parse().expect("--rounds N");
+        for round in 0..n_rounds {
+            let round_load = loadavg();
+            for &t in &thread_list {
+                // (binary, timed candidate subset, extra environment, description)
+                let mut jobs: Vec<(std::path::PathBuf, Option<&str>, Vec<(&str, &str)>, String)> =
+                    vec![(self_exe.clone(), None, vec![], format!("threads={t}"))];
+                if let Some(v4) = &v4_exe {
+                    jobs.push((
+                        v4.into(),
+                        Some("gemm"),
+                        vec![],
+                        format!("threads={t} (gemm, x86-v4 build)"),
+                    ));
                 }
-                if let Some(o) = only {
-                    cmd.arg("--only").arg(o);
+                if want_skx {
+                    jobs.push((
+                        self_exe.clone(),
+                        Some("openblas"),
+                        vec![("OPENBLAS_CORETYPE", "SkylakeX")],
+                        format!("threads={t} (OpenBLAS, OPENBLAS_CORETYPE=SkylakeX)"),
+                    ));
                 }
-                cmd.envs(env);
-                cmd.env("RAYON_NUM_THREADS", t.to_string())
-                    .env("MATRIXMULTIPLY_NUM_THREADS", t.to_string())
-                    .env("OPENBLAS_NUM_THREADS", t.to_string())
-                    .stderr(Stdio::inherit());
-                let out = cmd.output().expect("failed to start worker");
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                for line in stdout.lines() {
-                    let f: Vec<&str> = line.split('\t').collect();
-                    let key = shape_list
-                        .iter()
-                        .position(|s| s.name == f[2] && s.rows.to_string() == f[3] && s.out.to_string() == f[5])
-                        .unwrap_or(usize::MAX);
-                    match f[0] {
-                        "CHECK" => {
-                            let e = errs.entry(f[6].to_string()).or_insert((0.0, 0.0));
-                            e.0 = e.0.max(f[7].parse().unwrap());
-                            e.1 = e.1.max(f[8].parse().unwrap());
-                            if !f[7].parse::<f64>().map_or(false, |v| v <= 1e-3)
-                                || !f[8].parse::<f64>().map_or(false, |v| v <= 1e-3)
-                            {
-                                eprintln!("CHECK FAILED: {line}");
+                let nj = jobs.len();
+                jobs.rotate_left(round % nj);
+                for (exe, only, env, what) in jobs {
+                    let mut cmd = Command::new(&exe);
+                    cmd.arg("--worker")
+                        .arg("--threads")
+                        .arg(t.to_string())
+                        .arg("--round")
+                        .arg(round.to_string());
+                    if round == 0 {
+                        cmd.arg("--check");
+                    }
+                    if quick {
+                        cmd.arg("--quick");
+                    }
+                    if let Some(o) = only {
+                        cmd.arg("--only").arg(o);
+                    }
+                    cmd.envs(env);
+                    cmd.env("RAYON_NUM_THREADS", t.to_string())
+                        .env("MATRIXMULTIPLY_NUM_THREADS", t.to_string())
+                        .env("OPENBLAS_NUM_THREADS", t.to_string())
+                        .stderr(Stdio::inherit());
+                    let out = cmd.output().expect("failed to start worker");
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    for line in stdout.lines() {
+                        let f: Vec<&str> = line.split('\t').collect();
+                        let key = shape_list
+                            .iter()
+                            .position(|s| s.name == f[2] && s.rows.to_string() == f[3] && s.out.to_string() == f[5])
+                            .unwrap_or(usize::MAX);
+                        match f[0] {
+                            "CHECK" => {
+                                let e = errs.entry(f[6].to_string()).or_insert((0.0, 0.0));
+                                e.0 = e.0.max(f[7].parse().unwrap());
+                                e.1 = e.1.max(f[8].parse().unwrap());
+                                if !f[7].parse::<f64>().map_or(false, |v| v <= 1e-3)
+                                    || !f[8].parse::<f64>().map_or(false, |v| v <= 1e-3)
+                                {
+                                    eprintln!("CHECK FAILED: {line}");
+                                }
                             }
-                        }
-                        "TIME" => {
-                            let label = f[6].to_string();
-                            if !columns.contains(&label) {
-                                columns.push(label.clone());
+                            "TIME" => {
+                                let label = f[6].to_string();
+                                if !columns.contains(&label) {
+                                    columns.push(label.clone());
+                                }
+                                let v: (f64, f64) = (f[7].parse().unwrap(), f[8].parse().unwrap());
+                                let e = times.entry((t, key, label)).or_insert(v);
+                                if v.0 < e.0 {
+                                    *e = v;
+                                }
                             }
-                            times.insert((t, key, label), (f[7].parse().unwrap(), f[8].parse().unwrap()));
+                            _ => {}
                         }
-                        _ => {}
+                    }
+                    if !out.status.success() {
+                        eprintln!("gemm_compare: worker {what} failed ({})", out.status);
+                        std::process::exit(1);
                     }
                 }
-                let after = loadavg();
-                loads.push(format!("{what}: load average {before} before, {after} after"));
-                if !out.status.success() {
-                    eprintln!("gemm_compare: worker {what} failed ({})", out.status);
-                    std::process::exit(1);
-                }
             }
+            let line = format!(
+                "round {}/{n_rounds}: load average {round_load} at start, {} at end",
+                round + 1,
+                loadavg()
+            );
+            eprintln!("  {line}");
+            loads.push(line);
         }
 
         println!("OpenBLAS as detected: core `{core}`; config: `{config}`\n");
@@ -454,8 +534,10 @@ mod bench {
             for (k, s) in shape_list.iter().enumerate() {
                 print!("| {} | {} | {}→{} |", s.name, s.rows, s.inn, s.out);
                 let mut fastest: Option<(&str, f64)> = None;
-                let vals: Vec<Option<f64>> =
-                    columns.iter().map(|c| times.get(&(t, k, c.clone())).map(|v| v.1)).collect();
+                let vals: Vec<Option<f64>> = columns
+                    .iter()
+                    .map(|c| times.get(&(t, k, c.clone())).map(|v| v.1))
+                    .collect();
                 let top = vals.iter().flatten().fold(0f64, |m, &v| m.max(v));
                 for (c, v) in columns.iter().zip(&vals) {
                     match v {

@@ -49,8 +49,22 @@ fn weight_mean(ws: &[&[f32]], inn: usize, group: usize) -> Vec<f32> {
     acc.iter().map(|v| (v / rows as f64) as f32).collect()
 }
 
-/// Search the input-channel scales of one group. `x` holds `n` sampled input rows.
-pub fn search_scale(cfg: &AwqConfig, x: &[f32], n: usize, x_mean: &[f32], ws: &[&[f32]], inn: usize) -> (Vec<f32>, f32) {
+/// Fake quantization of one weight row (`inn` values) by the method that follows the search.
+pub type RowFakeQuant<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
+/// RTN fake quantization of a row, group by group: the quantizer AWQ itself uses.
+pub fn rtn_row(bits: u8, group: usize, sym: bool) -> impl Fn(&mut [f32]) + Sync {
+    move |row: &mut [f32]| {
+        let n = row.len();
+        for (a, b) in rtn::groups(n, group) {
+            rtn::fake_quant_group(&mut row[a..b], bits, sym);
+        }
+    }
+}
+
+/// Search the input-channel scales of one group. `x` holds `n` sampled input rows; `fq` is the
+/// quantizer the weights will get (RTN for AWQ, StatsQ or shift for `awq+statsq`/`awq+shift`).
+pub fn search_scale(cfg: &AwqConfig, x: &[f32], n: usize, x_mean: &[f32], ws: &[&[f32]], inn: usize, fq: RowFakeQuant) -> (Vec<f32>, f32) {
     let outs: Vec<usize> = ws.iter().map(|w| w.len() / inn).collect();
     let wcat: Vec<f32> = ws.iter().flat_map(|w| w.iter().copied()).collect();
     let out: usize = outs.iter().sum();
@@ -72,9 +86,7 @@ pub fn search_scale(cfg: &AwqConfig, x: &[f32], n: usize, x_mean: &[f32], ws: &[
         let mut wq = wcat.clone();
         wq.par_chunks_mut(inn).for_each(|row| {
             row.iter_mut().zip(&s).for_each(|(w, s)| *w *= s);
-            for (a, b) in rtn::groups(inn, cfg.group) {
-                rtn::fake_quant_group(&mut row[a..b], cfg.bits, cfg.sym);
-            }
+            fq(row);
             row.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
         });
         let yq = matmul_bt(x, n, inn, &wq, out);

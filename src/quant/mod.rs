@@ -3,6 +3,8 @@
 
 pub mod awq;
 pub mod rtn;
+pub mod shift;
+pub mod statsq;
 
 /// How an integer code maps back to a real number inside one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,14 @@ pub enum QTensor {
 }
 
 impl QTensor {
+    /// Dequantized `[out][in]` f32 weight.
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            QTensor::Group(g) => g.dequantize(),
+            QTensor::Vq(_) => unimplemented!("VQ dequantization lives with the VQ layout"),
+        }
+    }
+
     pub fn shape(&self) -> (usize, usize) {
         match self {
             QTensor::Group(g) => (g.out_features, g.in_features),
