@@ -99,6 +99,10 @@ pub struct QuantizeArgs {
     /// Replace the output directory if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
+    /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -283,6 +287,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         float_dtype: a.float_dtype.dtype(),
         search_tokens: a.search_tokens,
         overrides: a.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
+        resume: a.resume,
         skip: a.skip.iter().map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}"))).collect::<Result<_>>()?,
     };
     let mut pb: Option<ProgressBar> = None;

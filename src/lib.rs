@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod cli;
 pub mod calib;
+pub mod checkpoint;
 pub mod config;
 pub mod cuda;
 pub mod eval;

@@ -195,17 +195,23 @@ impl Model {
         Ok(self.lm_head.get().unwrap())
     }
 
-    /// Hidden states `[tokens.len()][hidden]` for token ids.
+    /// Hidden states `[tokens.len()][hidden]` for token ids: rows converted straight from the
+    /// mapped embedding (the f32 table is not materialised for this).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let d = self.cfg.hidden_size;
-        let table = self.embed_table()?;
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let name = "model.embed_tokens.weight";
+        let (info, bytes) = self.ck.raw(name)?;
+        if info.shape != [v, d] {
+            bail!("{}: tensor {name} has shape {:?}, expected [{v}, {d}]", self.ck.dir.display(), info.shape);
+        }
+        let es = crate::weights::dtype_size(info.dtype).unwrap_or(0);
         let mut h = Vec::with_capacity(tokens.len() * d);
         for &t in tokens {
             let t = t as usize;
-            if t >= self.cfg.vocab_size {
-                return Err(anyhow!("token id {t} out of range (vocab_size {})", self.cfg.vocab_size));
+            if t >= v {
+                return Err(anyhow!("token id {t} out of range (vocab_size {v})"));
             }
-            h.extend_from_slice(&table[t * d..(t + 1) * d]);
+            h.extend(crate::weights::to_f32(info.dtype, &bytes[t * d * es..(t + 1) * d * es]).map_err(|e| anyhow!("{}: {name}: {e}", self.ck.dir.display()))?);
         }
         Ok(h)
     }

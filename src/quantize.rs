@@ -3,6 +3,7 @@
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
 use crate::arch::Input;
+use crate::checkpoint;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
 use crate::quant::{awq, rtn, shift, statsq, GroupQ, QTensor};
@@ -149,6 +150,8 @@ pub struct Options {
     pub overrides: Vec<Override>,
     /// Linears whose full name matches one of these stay in float.
     pub skip: Vec<regex::Regex>,
+    /// Continue from the checkpoints of an interrupted run with the same inputs.
+    pub resume: bool,
 }
 
 impl Options {
@@ -351,17 +354,32 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         _ => (Vec::new(), 0),
     };
     let tmp = partial_dir(&o.out);
+    let fp = fingerprint(model_dir, o, &tokens)?;
+    let mut resume_from = None;
     if !dry_run {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
+        if o.resume && tmp.exists() {
+            resume_from = checkpoint::load_state(&tmp, &fp)?;
+            if resume_from.is_none() {
+                eprintln!("warning: {}: no finished layer to resume from; starting over", tmp.display());
+            }
         }
-        std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        if resume_from.is_none() {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
+            }
+            std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+            checkpoint::write_fingerprint(&tmp, &fp)?;
+        }
     }
-    let result = run(&model, o, &tokens, seqlen, &plans, needs, dry_run, progress);
+    let ckpt = if dry_run { None } else { Some(checkpoint::Checkpointer { dir: tmp.clone(), fingerprint: fp }) };
+    let result = run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_ref(), resume_from, progress);
     let (tensors, meta, lin_bits, lin_weights, forward_seconds) = match result {
         Ok(r) => r,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
+            // Keep finished layers for --resume only when asked to resume; otherwise leave nothing.
+            if !o.resume {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
             return Err(e);
         }
     };
@@ -440,15 +458,37 @@ fn is_packed_part(name: &str) -> bool {
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
 
 #[allow(clippy::too_many_arguments)]
-fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, plans: &[Vec<Option<LinearPlan>>], needs: Needs, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<RunOut> {
+fn run(
+    model: &Model,
+    o: &Options,
+    tokens: &[u32],
+    seqlen: usize,
+    plans: &[Vec<Option<LinearPlan>>],
+    needs: Needs,
+    dry_run: bool,
+    ckpt: Option<&checkpoint::Checkpointer>,
+    resume: Option<checkpoint::State>,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<RunOut> {
     let c = &model.cfg;
     let fd = o.float_dtype;
-    let mut h = if seqlen > 0 && !dry_run { model.embed(tokens)? } else { Vec::new() };
     let mut out: Vec<OutTensor> = Vec::new();
-    let mut meta = LowbitQuantConfig::default();
-    let (mut lin_bits, mut lin_weights) = (0u64, 0u64);
-    let mut fwd = 0f64;
-    for (i, plan) in plans.iter().enumerate() {
+    let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd) = match resume {
+        Some(st) => {
+            let ck = ckpt.expect("resume needs a checkpoint directory");
+            for i in 0..st.layers_done {
+                out.extend(ck.read_layer(i)?);
+            }
+            let h = if seqlen > 0 { ck.read_hidden(tokens.len() * c.hidden_size)? } else { Vec::new() };
+            eprintln!("resuming after layer {} of {}", st.layers_done, c.num_layers);
+            (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds)
+        }
+        None => {
+            let h = if seqlen > 0 && !dry_run { model.embed(tokens)? } else { Vec::new() };
+            (0, h, LowbitQuantConfig::default(), 0u64, 0u64, 0f64)
+        }
+    };
+    for (i, plan) in plans.iter().enumerate().skip(start) {
         progress(i, c.num_layers, "quantizing");
         let mut lw = model.load_layer(i)?;
         check_finite_layer(&lw)?;
@@ -509,6 +549,11 @@ fn run(model: &Model, o: &Options, tokens: &[u32], seqlen: usize, plans: &[Vec<O
         }
         out.push(OutTensor::float(format!("{p}.input_layernorm.weight"), fd, vec![c.hidden_size], &lw.input_norm));
         out.push(OutTensor::float(format!("{p}.post_attention_layernorm.weight"), fd, vec![c.hidden_size], &lw.post_norm));
+        model.ck.release_pages();
+        if let Some(ck) = ckpt {
+            let layer: Vec<&OutTensor> = out.iter().filter(|t| t.name.starts_with(&format!("{p}."))).collect();
+            ck.write_layer(i, &layer, &h, &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd })?;
+        }
     }
     progress(c.num_layers, c.num_layers, "writing");
     let (shape, e) = model.ck.f32("model.embed_tokens.weight")?;
@@ -534,6 +579,33 @@ fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
         check_finite(&l.w, &format!("model.layers.{}.{}.weight", lw.index, l.spec.name))?;
     }
     Ok(())
+}
+
+/// A digest of everything the output depends on: the model's config and tensor headers, the
+/// calibration tokens and every option. A resume with other inputs is refused.
+fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?);
+    let ck = crate::weights::Checkpoint::open(model_dir)?;
+    for (name, info) in ck.tensors() {
+        h.update(format!("{name}:{:?}:{:?};", info.dtype, info.shape));
+    }
+    // Tensor contents: sampled, so fingerprinting stays cheap on big checkpoints.
+    for name in ck.names().step_by(7) {
+        let (_, b) = ck.raw(name)?;
+        h.update(&b[..b.len().min(4096)]);
+    }
+    h.update(tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+    let opts = format!(
+        "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+        o.method, o.bits, o.group_size, o.sym, o.calib_samples, o.calib_seqlen, o.format, o.float_dtype, o.search_tokens,
+        o.overrides.iter().map(|v| format!("{}={:?}:{}:{:?}", v.pattern, v.method, v.bits, v.group_size)).collect::<Vec<_>>(),
+        o.skip.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>(),
+        o.seed
+    );
+    h.update(opts.as_bytes());
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Per-module metadata of a lowbit output, for inspect.

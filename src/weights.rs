@@ -26,6 +26,16 @@ pub struct TensorInfo {
     end: usize,
 }
 
+/// Little-endian F32/F16/BF16 bytes as f32 values.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        d => bail!("dtype {d:?}, expected a float type"),
+    })
+}
+
 /// A set of memory-mapped safetensors files addressed by tensor name.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -135,12 +145,7 @@ impl Checkpoint {
     /// A float tensor converted to f32, with its shape.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (info, bytes) = self.raw(name)?;
-        let v = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            d => bail!("{}: tensor {name} has dtype {d:?}, expected a float type", self.shard_path(info).display()),
-        };
+        let v = to_f32(info.dtype, bytes).map_err(|e| anyhow!("{}: tensor {name}: {e}", self.shard_path(info).display()))?;
         Ok((info.shape.clone(), v))
     }
 
@@ -163,6 +168,20 @@ impl Checkpoint {
             d => bail!("{}: tensor {name} has dtype {d:?}, expected an integer type", self.shard_path(info).display()),
         };
         Ok((info.shape.clone(), v))
+    }
+
+    /// Drop the mapped pages from this process's resident set (they stay in the page cache and
+    /// are faulted back in on the next access). Layer-streaming callers release after each layer
+    /// so resident memory holds about one layer of weights, not the whole file.
+    pub fn release_pages(&self) {
+        for s in &self.shards {
+            // SAFETY: MADV_DONTNEED on a private read-only file mapping only discards clean
+            // pages; later reads fault them back from the file, which lowbit never modifies.
+            #[cfg(unix)]
+            unsafe {
+                let _ = s.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+            }
+        }
     }
 
     /// Total bytes of all tensors, by dtype.

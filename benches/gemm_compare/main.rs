@@ -58,6 +58,12 @@ mod bench {
         out: usize,
     }
 
+    impl Shape {
+        fn flops(&self) -> f64 {
+            2.0 * (self.rows * self.inn * self.out) as f64
+        }
+    }
+
     const SHAPES: &[Shape] = &[
         Shape {
             name: "q/o",
@@ -220,20 +226,40 @@ mod bench {
 
     /// Fastest single call, after `warm` untimed calls: at least `min_calls` timed calls, more while
     /// under `budget` (capped at `max_calls`).
-    fn best_time(mut f: impl FnMut(), warm: usize, min_calls: usize, budget: Duration, max_calls: usize) -> f64 {
+    /// Returns (fastest wall time, smallest CPU time of the calling thread) in seconds. With one
+    /// thread, the CPU time leaves out the time the thread was descheduled by other processes.
+    fn best_time(mut f: impl FnMut(), warm: usize, min_calls: usize, budget: Duration, max_calls: usize) -> (f64, f64) {
         for _ in 0..warm {
             f();
         }
         let start = Instant::now();
-        let mut best = f64::INFINITY;
+        let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
         let mut n = 0;
         while n < min_calls || (start.elapsed() < budget && n < max_calls) {
+            let c = thread_cpu_time();
             let t = Instant::now();
             f();
             best = best.min(t.elapsed().as_secs_f64());
+            best_cpu = best_cpu.min(thread_cpu_time() - c);
             n += 1;
         }
-        best
+        (best, best_cpu)
+    }
+
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: c_int, tp: *mut Timespec) -> c_int;
+    }
+
+    fn thread_cpu_time() -> f64 {
+        const CLOCK_THREAD_CPUTIME_ID: c_int = 3; // Linux
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.sec as f64 + ts.nsec as f64 * 1e-9
     }
 
     fn arg_value(args: &[String], name: &str) -> Option<String> {
@@ -338,13 +364,13 @@ mod bench {
             std::process::exit(1);
         }
 
-        let mut best: BTreeMap<(usize, Cand), f64> = BTreeMap::new();
+        let mut best: BTreeMap<(usize, Cand), (f64, f64)> = BTreeMap::new();
         let mut ys: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0f32; s.rows * s.out]).collect();
         {
             let r = round;
             for (si, s) in shapes.iter().enumerate() {
                 let (x, w) = &data[si];
-                let flops = 2.0 * (s.rows * s.inn * s.out) as f64;
+                let flops = s.flops();
                 // ~0.3 s per measurement for small shapes, at least 5 calls for large ones.
                 let budget = Duration::from_millis(300);
                 for k in 0..timed.len() {
@@ -352,16 +378,14 @@ mod bench {
                     let y = &mut ys[si];
                     let warm = if flops < 1e9 { 20 } else { 2 };
                     let t = best_time(|| run(c, threads, y, x, w, *s), warm, 5, budget, 20_000);
-                    let e = best.entry((si, c)).or_insert(f64::INFINITY);
-                    *e = e.min(t);
+                    best.insert((si, c), t);
                 }
             }
         }
-        for ((si, c), t) in best {
+        for ((si, c), (t, cpu)) in best {
             let s = shapes[si];
-            let gflops = 2.0 * (s.rows * s.inn * s.out) as f64 / t / 1e9;
             println!(
-                "TIME\t{threads}\t{}\t{}\t{}\t{}\t{}\t{t:.6e}\t{gflops:.2}",
+                "TIME\t{threads}\t{}\t{}\t{}\t{}\t{}\t{t:.6e}\t{cpu:.6e}",
                 s.name,
                 s.rows,
                 s.inn,
@@ -415,7 +439,7 @@ mod bench {
         let avx512 = std::is_x86_feature_detected!("avx512f");
         let want_skx = avx512 && !["SkylakeX", "Cooperlake", "SapphireRapids"].contains(&core.as_str());
 
-        // (threads, shape key, column label) -> (seconds, GFLOP/s); check errors per label.
+        // (threads, shape key, column label) -> (best wall s, best thread-CPU s); check errors per label.
         let mut times: BTreeMap<(usize, usize, String), (f64, f64)> = BTreeMap::new();
         let mut columns: Vec<String> = Vec::new();
         let mut errs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -491,11 +515,11 @@ mod bench {
                                 if !columns.contains(&label) {
                                     columns.push(label.clone());
                                 }
+                                // Best wall time and best thread CPU time over rounds, separately.
                                 let v: (f64, f64) = (f[7].parse().unwrap(), f[8].parse().unwrap());
                                 let e = times.entry((t, key, label)).or_insert(v);
-                                if v.0 < e.0 {
-                                    *e = v;
-                                }
+                                e.0 = e.0.min(v.0);
+                                e.1 = e.1.min(v.1);
                             }
                             _ => {}
                         }
@@ -516,9 +540,18 @@ mod bench {
         }
 
         println!("OpenBLAS as detected: core `{core}`; config: `{config}`\n");
-        for &t in &thread_list {
+        let mut tables: Vec<(usize, bool)> = thread_list.iter().map(|&t| (t, false)).collect();
+        if thread_list.contains(&1) {
+            tables.push((1, true));
+        }
+        for (t, cpu) in tables {
+            let what = if cpu {
+                "thread CPU time (time descheduled by other processes left out)"
+            } else {
+                "wall time"
+            };
             println!(
-                "**{t} thread{}** — GFLOP/s (2·rows·in·out / best time; best of ≥5 calls after warm-up, best of {rounds} rounds)\n",
+                "**{t} thread{}, {what}** — GFLOP/s (2·rows·in·out / best time; best of ≥5 calls after warm-up, best of {rounds} rounds)\n",
                 if t == 1 { "" } else { "s" }
             );
             print!("| shape | rows | in→out |");
@@ -536,7 +569,11 @@ mod bench {
                 let mut fastest: Option<(&str, f64)> = None;
                 let vals: Vec<Option<f64>> = columns
                     .iter()
-                    .map(|c| times.get(&(t, k, c.clone())).map(|v| v.1))
+                    .map(|c| {
+                        times
+                            .get(&(t, k, c.clone()))
+                            .map(|v| s.flops() / if cpu { v.1 } else { v.0 } / 1e9)
+                    })
                     .collect();
                 let top = vals.iter().flatten().fold(0f64, |m, &v| m.max(v));
                 for (c, v) in columns.iter().zip(&vals) {
