@@ -92,3 +92,15 @@ impl Checkpointer {
         Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 }
+
+/// Remove the checkpoint files from a partial directory before it becomes the output.
+pub fn remove_checkpoints(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("layer-") || matches!(name, "hidden.f32" | "state.json" | "fingerprint") {
+            std::fs::remove_file(&p).with_context(|| format!("{}: cannot remove", p.display()))?;
+        }
+    }
+    Ok(())
+}

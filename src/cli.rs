@@ -93,6 +93,24 @@ pub struct QuantizeArgs {
     /// Keep linears whose full name matches REGEX in float (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub skip: Vec<String>,
+    /// VPTQ: vector length along the output dimension.
+    #[arg(long, default_value_t = 4)]
+    pub vector_len: usize,
+    /// VPTQ: centroids of the main codebook (index bits = log2).
+    #[arg(long, default_value_t = 256)]
+    pub centroids: usize,
+    /// VPTQ: centroids of the residual codebook (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub res_centroids: usize,
+    /// VPTQ: percent of input columns (by diag(H)·|W|²) kept with their own codebook.
+    #[arg(long, default_value_t = 0.0)]
+    pub outlier_pct: f64,
+    /// VPTQ: k-means iterations (fixed, seeded by --seed).
+    #[arg(long, default_value_t = 10)]
+    pub kmeans_iters: usize,
+    /// VPTQ: per-input-channel normalisation before clustering.
+    #[arg(long)]
+    pub vq_normalize: bool,
     /// Print the output size and bits per weight without quantizing.
     #[arg(long)]
     pub dry_run: bool,
@@ -288,6 +306,16 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         search_tokens: a.search_tokens,
         overrides: a.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
         resume: a.resume,
+        vptq: crate::quant::vptq::VptqConfig {
+            vector_len: a.vector_len,
+            centroids: a.centroids,
+            res_centroids: a.res_centroids,
+            outlier_pct: a.outlier_pct,
+            kmeans_iters: a.kmeans_iters,
+            seed: a.seed,
+            normalize: a.vq_normalize,
+            ..Default::default()
+        },
         skip: a.skip.iter().map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}"))).collect::<Result<_>>()?,
     };
     let mut pb: Option<ProgressBar> = None;
@@ -303,7 +331,8 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         let verb = if s.dry_run { "would write" } else { "wrote" };
-        println!("{verb} {} ({}, {} {}-bit g{}, format {})", s.out, fmt_bytes(s.bytes), s.method, s.bits, s.group_size, s.format);
+        let what = if o.method == Method::Vptq { format!("vptq v{} k{}", o.vptq.vector_len, o.vptq.centroids) } else { format!("{} {}-bit g{}", s.method, s.bits, s.group_size) };
+        println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
         println!("bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)", s.linear_bpw, s.model_bpw);
         if !s.dry_run {
             println!("time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)", s.seconds, s.calib_tokens, s.forward_seconds);

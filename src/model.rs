@@ -110,7 +110,8 @@ impl Model {
             need.push(format!("model.layers.{i}.post_attention_layernorm.weight"));
             for l in c.family.linears() {
                 let p = format!("model.layers.{i}.{}", l.name);
-                if !self.ck.contains(&format!("{p}.weight")) && !self.ck.contains(&format!("{p}.qweight")) {
+                let stored = ["weight", "qweight", "vq_indices"].iter().any(|s| self.ck.contains(&format!("{p}.{s}")));
+                if !stored {
                     need.push(format!("{p}.weight"));
                 }
                 if l.has_bias {

@@ -2,6 +2,7 @@
 
 use crate::config::ModelConfig;
 use crate::model::Model;
+use crate::pack::vq::VqPacked;
 use crate::pack::{AwqPacked, GptqPacked, HfQuantMeta, LowbitPacked, LowbitQuantConfig, Packed, PackedLayout, RawTensor, TensorSource};
 use crate::weights::{dtype_size, Checkpoint};
 use anyhow::{anyhow, Result};
@@ -42,7 +43,17 @@ impl QuantScheme {
         }))
     }
 
-    /// Read the packed tensors of one linear (None when it is not packed).
+    /// Read the stored tensors of one quantized linear (None when it is not quantized).
+    pub fn read_any(&self, src: &dyn TensorSource, prefix: &str) -> Result<Option<Stored>> {
+        if let QuantScheme::Lowbit(c) = self {
+            if let Some(meta) = c.vq_modules.get(prefix) {
+                return Ok(Some(Stored::Vq(VqPacked::from_tensors(src, prefix, meta)?)));
+            }
+        }
+        Ok(self.read(src, prefix)?.map(Stored::Group))
+    }
+
+    /// Read the packed tensors of one group-quantized linear (None when it is not packed).
     pub fn read(&self, src: &dyn TensorSource, prefix: &str) -> Result<Option<Packed>> {
         if src.raw(&format!("{prefix}.qweight")).is_none() {
             return Ok(None);
@@ -58,6 +69,45 @@ impl QuantScheme {
     }
 }
 
+/// A quantized linear as stored: a group-quantized layout or the VQ layout.
+pub enum Stored {
+    Group(Packed),
+    Vq(VqPacked),
+}
+
+impl Stored {
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Stored::Group(p) => p.unpack()?.dequantize(),
+            Stored::Vq(v) => v.unpack()?.dequantize(),
+        })
+    }
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Stored::Group(p) => p.shape(),
+            Stored::Vq(v) => v.shape(),
+        }
+    }
+    pub fn dequant_matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self {
+            Stored::Group(p) => p.dequant_matmul(x, rows),
+            Stored::Vq(v) => v.dequant_matmul(x, rows),
+        }
+    }
+    /// A short description, e.g. `lowbit 4-bit g128 affine` or `vq v4 k256`.
+    pub fn kind(&self) -> String {
+        match self {
+            Stored::Group(Packed::Lowbit(l)) => format!("lowbit {}-bit g{} {}", l.bits, l.group_size, crate::pack::lowbit::grid_name::name(l.grid)),
+            Stored::Group(Packed::Awq(a)) => format!("awq 4-bit g{}", a.group_size),
+            Stored::Group(Packed::Gptq(g)) => format!("gptq {}-bit g{}", g.bits, g.group_size),
+            Stored::Vq(v) => {
+                let m = v.meta("");
+                format!("vq v{} k{}{}", m.vector_len, m.n_centroids, if m.n_res_centroids > 0 { format!(" +res{}", m.n_res_centroids) } else { String::new() })
+            }
+        }
+    }
+}
+
 /// Open a plain or quantized checkpoint for the forward pass. Packed linears are dequantized
 /// from their packed bytes each time a layer is loaded.
 pub fn open(dir: &Path) -> Result<Model> {
@@ -69,9 +119,9 @@ pub fn open(dir: &Path) -> Result<Model> {
         Some(s) => {
             let d = dir.display().to_string();
             m.with_packed(Box::new(move |ck: &Checkpoint, prefix: &str| -> Result<Option<Vec<f32>>> {
-                match s.read(ck, prefix).map_err(|e| anyhow!("{d}: {e:#}"))? {
+                match s.read_any(ck, prefix).map_err(|e| anyhow!("{d}: {e:#}"))? {
                     None => Ok(None),
-                    Some(p) => Ok(Some(p.unpack().map_err(|e| anyhow!("{d}: {prefix}: {e:#}"))?.dequantize())),
+                    Some(p) => Ok(Some(p.dequantize().map_err(|e| anyhow!("{d}: {prefix}: {e:#}"))?)),
                 }
             }))
         }
@@ -125,7 +175,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let mut tensors = Vec::new();
     let (mut params, mut bytes) = (0usize, 0usize);
     // Packed modules: every tensor `{prefix}.{part}` of a prefix that has a `.qweight`.
-    let packed_prefixes: Vec<String> = ck.names().filter_map(|n| n.strip_suffix(".qweight")).map(str::to_owned).collect();
+    let packed_prefixes: Vec<String> = ck.names().filter_map(|n| n.strip_suffix(".qweight").or_else(|| n.strip_suffix(".vq_indices"))).map(str::to_owned).collect();
     let mut module_bits: BTreeMap<String, usize> = BTreeMap::new();
     for (name, info) in ck.tensors() {
         let b = info.shape.iter().product::<usize>() * dtype_size(info.dtype).unwrap_or(0);
@@ -143,14 +193,10 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     }
     if let Some(s) = &scheme {
         for (prefix, bits) in module_bits {
-            let p = s.read(&ck, &prefix).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?.ok_or_else(|| anyhow!("{prefix}: no qweight"))?;
+            let p = s.read_any(&ck, &prefix).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?.ok_or_else(|| anyhow!("{prefix}: not listed in quantization_config"))?;
             let (o, i) = p.shape();
             params += o * i;
-            let kind = match &p {
-                Packed::Lowbit(l) => format!("lowbit {}-bit g{} {}", l.bits, l.group_size, crate::pack::lowbit::grid_name::name(l.grid)),
-                Packed::Awq(a) => format!("awq 4-bit g{}", a.group_size),
-                Packed::Gptq(g) => format!("gptq {}-bit g{}", g.bits, g.group_size),
-            };
+            let kind = p.kind();
             tensors.push(TensorReport { name: prefix, dtype: kind, shape: vec![o, i], params: o * i, bits_per_weight: bits as f64 / (o * i) as f64 });
         }
     }
@@ -173,6 +219,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             let mut q = q.clone();
             if let Some(o) = q.as_object_mut() {
                 o.remove("modules");
+                o.remove("vq_modules");
             }
             q
         }),
@@ -196,7 +243,7 @@ impl InspectReport {
         for (d, st) in &self.dtypes {
             w(&mut s, &format!("  {d}"), format!("{} tensors, {}", st.tensors, crate::mem::fmt_bytes(st.bytes as u64)));
         }
-        let packed: Vec<&TensorReport> = self.tensors.iter().filter(|t| t.dtype.contains("-bit")).collect();
+        let packed: Vec<&TensorReport> = self.tensors.iter().filter(|t| t.dtype.contains("-bit") || t.dtype.starts_with("vq ")).collect();
         if !packed.is_empty() {
             let (b, n) = packed.iter().fold((0.0, 0usize), |(b, n), t| (b + t.bits_per_weight * t.params as f64, n + t.params));
             w(&mut s, "packed linears", format!("{} modules, {} weights, {:.3} bits per weight", packed.len(), n, b / n as f64));

@@ -6,7 +6,7 @@ use crate::arch::Input;
 use crate::checkpoint;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, rtn, shift, statsq, GroupQ, QTensor};
+use crate::quant::{awq, rtn, shift, statsq, vptq, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
@@ -43,6 +43,10 @@ pub enum Method {
     /// AWQ's scale search in front of shift quantization.
     #[value(name = "awq+shift")]
     AwqShift,
+    /// VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error
+    /// feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored).
+    #[value(name = "vptq")]
+    Vptq,
 }
 
 impl Method {
@@ -56,6 +60,7 @@ impl Method {
             Method::Shift => "shift",
             Method::ShiftAware => "shift-aware",
             Method::AwqShift => "awq+shift",
+            Method::Vptq => "vptq",
         }
     }
 
@@ -70,6 +75,7 @@ impl Method {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
             Method::Awq | Method::AwqStatsq | Method::AwqShift => awq,
             Method::StatsqAware | Method::ShiftAware => Needs { mean_sq: true, ..Needs::default() },
+            Method::Vptq => Needs { hessian: true, ..Needs::default() },
         }
     }
 
@@ -80,7 +86,12 @@ impl Method {
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        false
+        matches!(self, Method::Vptq)
+    }
+
+    /// Vector quantization (stored in the VQ layout, lowbit format only).
+    fn is_vq(self) -> bool {
+        matches!(self, Method::Vptq)
     }
 }
 
@@ -152,6 +163,8 @@ pub struct Options {
     pub skip: Vec<regex::Regex>,
     /// Continue from the checkpoints of an interrupted run with the same inputs.
     pub resume: bool,
+    /// VPTQ settings.
+    pub vptq: vptq::VptqConfig,
 }
 
 impl Options {
@@ -206,6 +219,9 @@ pub fn validate(o: &Options) -> Result<()> {
         }
         if o.format == Format::Gptq && ![2, 3, 4, 8].contains(&p.bits) {
             bail!("--format gptq supports 2, 3, 4 or 8 bits (got --bits {})", p.bits);
+        }
+        if p.method.is_vq() && o.format != Format::Lowbit {
+            bail!("--method {} writes the VQ layout: use --format lowbit", p.method.name());
         }
         if p.method.needs(o).any() && o.calib.is_none() {
             bail!("--method {} needs --calib FILE (calibration text)", p.method.name());
@@ -282,18 +298,25 @@ fn quantize_layer(o: &Options, model: &Model, lw: &mut LayerWeights, plans: &[Op
         }
     }
     let mut out = Vec::new();
+    let mut hessians: HashMap<Input, Vec<f64>> = HashMap::new();
     for (l, plan) in lw.linears.iter().zip(plans) {
         let Some(p) = plan else {
             out.push(None);
             continue;
         };
+        let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
         let imp = || stats[&l.spec.input].mean_sq();
+        if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
+            hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
+        }
+        let h = || &hessians[&l.spec.input];
         let q = match p.method {
             Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
             Method::Statsq | Method::AwqStatsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::StatsqAware => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
             Method::Shift | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::ShiftAware => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
+            Method::Vptq => QTensor::Vq(vptq::vptq(&l.w, l.out, l.inn, h(), &o.vptq).with_context(|| format!("{prefix}: VPTQ"))?.0),
         };
         out.push(Some(q));
     }
@@ -327,7 +350,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         for spec in c.family.linears() {
             let prefix = format!("model.layers.{i}.{}", spec.name);
             let mut plan = o.plan(&prefix);
-            if let Some(p) = plan {
+            if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
                 let (out, inn) = model.linear_shape(spec);
                 let probe = probe_q(p, out, inn, o.sym);
                 if let Err(e) = pack(o, &probe, &prefix) {
@@ -398,53 +421,14 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         bytes,
         linear_bpw: lin_bits as f64 / lin_weights.max(1) as f64,
         model_bpw: 8.0 * bytes as f64 / params.max(1) as f64,
-        quantized_linears: meta.modules.len(),
+        quantized_linears: meta.modules.len() + meta.vq_modules.len(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
     };
     if dry_run {
         return Ok(summary);
     }
-    let finish = || -> Result<()> {
-        write_safetensors(&tmp.join("model.safetensors"), &tensors, None)?;
-        let mut cfg = model.cfg.raw.clone();
-        cfg["quantization_config"] = match o.format {
-            Format::Lowbit => serde_json::to_value(&meta)?,
-            Format::Awq => AwqPacked::quantization_config(o.group_size),
-            Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, false, o.sym),
-        };
-        let float: Vec<String> = (0..c.num_layers)
-            .flat_map(|i| c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name)))
-            .collect();
-        if !float.is_empty() && o.format != Format::Lowbit {
-            // transformers matches these as substrings of module names: a linear kept in float in
-            // every layer is listed by its short name, otherwise by full name.
-            let mut names: Vec<String> = Vec::new();
-            for spec in c.family.linears() {
-                let short = spec.name.rsplit('.').next().unwrap_or(spec.name);
-                let layers: Vec<&String> = float.iter().filter(|f| f.ends_with(&format!(".{}", spec.name))).collect();
-                if layers.len() == c.num_layers {
-                    names.push(short.to_string());
-                } else {
-                    names.extend(layers.into_iter().cloned());
-                }
-            }
-            cfg["quantization_config"]["modules_to_not_convert"] = names.into();
-        }
-        cfg["torch_dtype"] = format!("{:?}", o.float_dtype).to_lowercase().replace("f16", "float16").replace("bf16", "bfloat16").replace("f32", "float32").into();
-        write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
-            let src = model_dir.join(f);
-            if src.exists() {
-                std::fs::copy(&src, tmp.join(f)).with_context(|| format!("{}: cannot copy", src.display()))?;
-            }
-        }
-        if o.out.exists() {
-            std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot replace", o.out.display()))?;
-        }
-        std::fs::rename(&tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
-        Ok(())
-    };
+    let finish = || write_output(model_dir, &model, o, &tmp, &tensors, &meta, &plans);
     finish().inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
     })?;
@@ -456,6 +440,94 @@ fn is_packed_part(name: &str) -> bool {
 }
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
+
+/// Run decoder layer `lw` over the calibration hidden states `h` in place, gathering the
+/// statistics `needs` of every linear input. Returns them and the forward seconds (hooks excluded).
+pub(crate) fn calibrate_layer(model: &Model, lw: &LayerWeights, h: &mut [f32], seqlen: usize, needs: Needs) -> Result<(HashMap<Input, InputStats>, f64)> {
+    let c = &model.cfg;
+    let rows = h.len() / c.hidden_size;
+    let mut stats: HashMap<Input, InputStats> = HashMap::new();
+    let dims = [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
+    for (inp, d) in dims {
+        stats.insert(inp, InputStats::new(d, rows, needs));
+    }
+    let (t, mut in_hooks) = (Instant::now(), 0f64);
+    model.forward_layer(lw, h, seqlen, &mut |inp, x, rows| {
+        let t = Instant::now();
+        stats.get_mut(&inp).expect("every input has stats").observe(x, rows);
+        in_hooks += t.elapsed().as_secs_f64();
+    });
+    check_finite(h, &format!("layer {} output activations", lw.index))?;
+    Ok((stats, t.elapsed().as_secs_f64() - in_hooks))
+}
+
+/// One layer's output for one set of options.
+pub(crate) struct LayerOut {
+    pub tensors: Vec<OutTensor>,
+    pub modules: Vec<(String, LowbitModuleMeta)>,
+    pub vq_modules: Vec<(String, crate::pack::vq::VqModuleMeta)>,
+    pub bits: u64,
+    pub weights: u64,
+    /// The quantized linears (table order), for propagation.
+    pub quantized: Vec<Option<QTensor>>,
+}
+
+/// Quantize and pack the linears of layer `lw` (modified in place by AWQ-style transforms), plus
+/// its norms and biases.
+pub(crate) fn layer_out(o: &Options, model: &Model, lw: &mut LayerWeights, plan: &[Option<LinearPlan>], stats: &HashMap<Input, InputStats>, dry_run: bool) -> Result<LayerOut> {
+    let c = &model.cfg;
+    let fd = o.float_dtype;
+    let qs: Vec<Option<QTensor>> = if dry_run {
+        lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
+    } else {
+        quantize_layer(o, model, lw, plan, stats)?
+    };
+    let p = format!("model.layers.{}", lw.index);
+    let mut r = LayerOut { tensors: Vec::new(), modules: Vec::new(), vq_modules: Vec::new(), bits: 0, weights: 0, quantized: Vec::new() };
+    for ((l, q), plan) in lw.linears.iter().zip(&qs).zip(plan) {
+        let prefix = format!("{p}.{}", l.spec.name);
+        match (q, plan) {
+            (Some(QTensor::Group(g)), Some(pl)) => {
+                let packed = pack(o, g, &prefix)?;
+                r.bits += packed.storage_bits();
+                r.weights += (g.out_features * g.in_features) as u64;
+                if let Packed::Lowbit(lp) = &packed {
+                    r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
+                }
+                r.tensors.extend(packed.to_tensors(&prefix));
+            }
+            (Some(QTensor::Vq(v)), Some(pl)) => {
+                let packed = crate::pack::vq::VqPacked::pack(v).with_context(|| format!("{prefix}: cannot pack"))?;
+                r.bits += packed.storage_bits();
+                r.weights += (v.out_features * v.in_features) as u64;
+                r.vq_modules.push((prefix.clone(), packed.meta(pl.method.name())));
+                r.tensors.extend(packed.to_tensors(&prefix));
+            }
+            _ => r.tensors.push(OutTensor::float(format!("{prefix}.weight"), fd, vec![l.out, l.inn], &l.w)),
+        }
+        if let Some(b) = &l.bias {
+            r.tensors.push(OutTensor::float(format!("{prefix}.bias"), fd, vec![b.len()], b));
+        }
+    }
+    r.tensors.push(OutTensor::float(format!("{p}.input_layernorm.weight"), fd, vec![c.hidden_size], &lw.input_norm));
+    r.tensors.push(OutTensor::float(format!("{p}.post_attention_layernorm.weight"), fd, vec![c.hidden_size], &lw.post_norm));
+    r.quantized = qs;
+    Ok(r)
+}
+
+/// Embeddings, final norm and lm_head in the output float type.
+pub(crate) fn tail_tensors(model: &Model, fd: Dtype) -> Result<Vec<OutTensor>> {
+    let mut out = Vec::new();
+    let mut names = vec!["model.embed_tokens.weight", "model.norm.weight"];
+    if !model.cfg.tie_word_embeddings {
+        names.push("lm_head.weight");
+    }
+    for n in names {
+        let (shape, v) = model.ck.f32(n)?;
+        out.push(OutTensor::float(n, fd, shape, &v));
+    }
+    Ok(out)
+}
 
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -471,7 +543,6 @@ fn run(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<RunOut> {
     let c = &model.cfg;
-    let fd = o.float_dtype;
     let mut out: Vec<OutTensor> = Vec::new();
     let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd) = match resume {
         Some(st) => {
@@ -492,32 +563,21 @@ fn run(
         progress(i, c.num_layers, "quantizing");
         let mut lw = model.load_layer(i)?;
         check_finite_layer(&lw)?;
-        let mut stats: HashMap<Input, InputStats> = HashMap::new();
         // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
-        let propagate = !dry_run && seqlen > 0 && plan.iter().flatten().any(|p| p.method.propagates_quantized());
+        let calibrate = seqlen > 0 && !dry_run;
+        let propagate = calibrate && plan.iter().flatten().any(|p| p.method.propagates_quantized());
         let h_in = if propagate { Some(h.clone()) } else { None };
-        if seqlen > 0 && !dry_run {
-            let dims = [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
-            for (inp, d) in dims {
-                stats.insert(inp, InputStats::new(d, tokens.len(), needs));
-            }
-            let (t, mut in_hooks) = (Instant::now(), 0f64);
-            model.forward_layer(&lw, &mut h, seqlen, &mut |inp, x, rows| {
-                let t = Instant::now();
-                stats.get_mut(&inp).unwrap().observe(x, rows);
-                in_hooks += t.elapsed().as_secs_f64();
-            });
-            fwd += t.elapsed().as_secs_f64() - in_hooks;
-            check_finite(&h, &format!("layer {i} output activations"))?;
-        }
-        let qs: Vec<Option<QTensor>> = if dry_run {
-            lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
+        let stats = if calibrate {
+            let (st, t) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
+            fwd += t;
+            st
         } else {
-            quantize_layer(o, model, &mut lw, plan, &stats)?
+            HashMap::new()
         };
+        let r = layer_out(o, model, &mut lw, plan, &stats, dry_run)?;
         if let Some(mut hi) = h_in {
             // Re-run the layer with every quantized linear dequantized.
-            for (l, q) in lw.linears.iter_mut().zip(&qs) {
+            for (l, q) in lw.linears.iter_mut().zip(&r.quantized) {
                 if let Some(q) = q {
                     l.w = q.dequantize();
                 }
@@ -527,44 +587,66 @@ fn run(
             fwd += t.elapsed().as_secs_f64();
             h = hi;
         }
-        let p = format!("model.layers.{i}");
-        for ((l, q), plan) in lw.linears.iter().zip(qs).zip(plan) {
-            let prefix = format!("{p}.{}", l.spec.name);
-            match (q, plan) {
-                (Some(QTensor::Group(g)), Some(pl)) => {
-                    let packed = pack(o, &g, &prefix)?;
-                    lin_bits += packed.storage_bits();
-                    lin_weights += (g.out_features * g.in_features) as u64;
-                    if let Packed::Lowbit(lp) = &packed {
-                        meta.modules.insert(prefix.clone(), lp.meta(pl.method.name()));
-                    }
-                    out.extend(packed.to_tensors(&prefix));
-                }
-                (Some(QTensor::Vq(_)), _) => bail!("{prefix}: vector quantization needs --format lowbit"),
-                _ => out.push(OutTensor::float(format!("{prefix}.weight"), fd, vec![l.out, l.inn], &l.w)),
-            }
-            if let Some(b) = &l.bias {
-                out.push(OutTensor::float(format!("{prefix}.bias"), fd, vec![b.len()], b));
-            }
-        }
-        out.push(OutTensor::float(format!("{p}.input_layernorm.weight"), fd, vec![c.hidden_size], &lw.input_norm));
-        out.push(OutTensor::float(format!("{p}.post_attention_layernorm.weight"), fd, vec![c.hidden_size], &lw.post_norm));
+        lin_bits += r.bits;
+        lin_weights += r.weights;
+        meta.modules.extend(r.modules);
+        meta.vq_modules.extend(r.vq_modules);
         model.ck.release_pages();
         if let Some(ck) = ckpt {
-            let layer: Vec<&OutTensor> = out.iter().filter(|t| t.name.starts_with(&format!("{p}."))).collect();
+            let layer: Vec<&OutTensor> = r.tensors.iter().collect();
             ck.write_layer(i, &layer, &h, &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd })?;
         }
+        out.extend(r.tensors);
     }
     progress(c.num_layers, c.num_layers, "writing");
-    let (shape, e) = model.ck.f32("model.embed_tokens.weight")?;
-    out.push(OutTensor::float("model.embed_tokens.weight", fd, shape, &e));
-    let (shape, n) = model.ck.f32("model.norm.weight")?;
-    out.push(OutTensor::float("model.norm.weight", fd, shape, &n));
-    if !c.tie_word_embeddings {
-        let (shape, l) = model.ck.f32("lm_head.weight")?;
-        out.push(OutTensor::float("lm_head.weight", fd, shape, &l));
-    }
+    out.extend(tail_tensors(model, o.float_dtype)?);
     Ok((out, meta, lin_bits, lin_weights, fwd))
+}
+
+/// Write the final directory from `tmp` (tensors, config.json with quantization_config, tokenizer
+/// files), drop the checkpoints, and rename it into place.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &Path, tensors: &[OutTensor], meta: &LowbitQuantConfig, plans: &[Vec<Option<LinearPlan>>]) -> Result<()> {
+    let c = &model.cfg;
+    write_safetensors(&tmp.join("model.safetensors"), tensors, None)?;
+    let mut cfg = model.cfg.raw.clone();
+    cfg["quantization_config"] = match o.format {
+        Format::Lowbit => serde_json::to_value(meta)?,
+        Format::Awq => AwqPacked::quantization_config(o.group_size),
+        Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, false, o.sym),
+    };
+    let float: Vec<String> = (0..c.num_layers)
+        .flat_map(|i| c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name)))
+        .collect();
+    if !float.is_empty() && o.format != Format::Lowbit {
+        // transformers matches these as substrings of module names: a linear kept in float in
+        // every layer is listed by its short name, otherwise by full name.
+        let mut names: Vec<String> = Vec::new();
+        for spec in c.family.linears() {
+            let short = spec.name.rsplit('.').next().unwrap_or(spec.name);
+            let layers: Vec<&String> = float.iter().filter(|f| f.ends_with(&format!(".{}", spec.name))).collect();
+            if layers.len() == c.num_layers {
+                names.push(short.to_string());
+            } else {
+                names.extend(layers.into_iter().cloned());
+            }
+        }
+        cfg["quantization_config"]["modules_to_not_convert"] = names.into();
+    }
+    cfg["torch_dtype"] = format!("{:?}", o.float_dtype).to_lowercase().replace("f16", "float16").replace("bf16", "bfloat16").replace("f32", "float32").into();
+    write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        let src = model_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, tmp.join(f)).with_context(|| format!("{}: cannot copy", src.display()))?;
+        }
+    }
+    checkpoint::remove_checkpoints(tmp)?;
+    if o.out.exists() {
+        std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot replace", o.out.display()))?;
+    }
+    std::fs::rename(&tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
+    Ok(())
 }
 
 fn check_finite(v: &[f32], what: &str) -> Result<()> {
@@ -605,6 +687,7 @@ fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> 
         o.seed
     );
     h.update(opts.as_bytes());
+    h.update(format!("{:?}", o.vptq).as_bytes());
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -163,3 +163,23 @@ fn mixed_precision_overrides_and_skip() {
     assert!(st.tensor("model.layers.0.self_attn.q_proj.weight").is_ok(), "skipped linear kept in float");
     assert!(ppl(&out) < 5.7351 * 2.0);
 }
+
+#[test]
+fn vptq_about_2_bpw_beats_rtn_2_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vq = tmp.path().join("vq");
+    quantize(&vq, "vptq", 2, &["--vector-len", "2", "--centroids", "16"]);
+    let (code, out, err) = lowbit(&["inspect", "--model", vq.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let q: Vec<&serde_json::Value> = rep["tensors"].as_array().unwrap().iter().filter(|t| t["dtype"].as_str().unwrap().starts_with("vq ")).collect();
+    assert_eq!(q.len(), 35);
+    let (bits, n) = q.iter().fold((0.0, 0.0), |(b, n), t| (b + t["bits_per_weight"].as_f64().unwrap() * t["params"].as_f64().unwrap(), n + t["params"].as_f64().unwrap()));
+    let bpw = bits / n;
+    assert!((1.9..2.3).contains(&bpw), "VPTQ stored {bpw} bits per weight");
+    let rtn = tmp.path().join("rtn2");
+    quantize(&rtn, "rtn", 2, &[]);
+    let (pv, pr) = (ppl(&vq), ppl(&rtn));
+    eprintln!("vptq {bpw:.3} bpw: ppl {pv:.3}; rtn 2-bit g32 (2.78 bpw): ppl {pr:.3}");
+    assert!(pv < pr, "VPTQ {pv} vs RTN {pr}");
+}

@@ -9,8 +9,9 @@
 //! auto-discovers `benches/*/main.rs`) it compiles to a stub.
 //!
 //! Protocol: for each of `--rounds` rounds and each thread count (1, 2), the parent process starts a
-//! worker process with `RAYON_NUM_THREADS`, `MATRIXMULTIPLY_NUM_THREADS` and `OPENBLAS_NUM_THREADS`
-//! set (matrixmultiply reads its thread count once per process). In the first round a worker checks
+//! worker process with `RAYON_NUM_THREADS`, `MATMUL_NUM_THREADS` and `OPENBLAS_NUM_THREADS`
+//! set (matrixmultiply reads `MATMUL_NUM_THREADS` once per process and otherwise uses every
+//! physical core). In the first round a worker checks
 //! every candidate's output against an f64 reference (sampled entries) and against faer (all
 //! entries) and exits non-zero above 1e-3 relative (max |diff| / max |ref|). Every worker times each
 //! candidate on each shape (order rotated by round and shape): warm-up calls, then at least 5 timed
@@ -226,12 +227,20 @@ mod bench {
 
     /// Fastest single call, after `warm` untimed calls: at least `min_calls` timed calls, more while
     /// under `budget` (capped at `max_calls`).
-    /// Returns (fastest wall time, smallest CPU time of the calling thread) in seconds. With one
-    /// thread, the CPU time leaves out the time the thread was descheduled by other processes.
-    fn best_time(mut f: impl FnMut(), warm: usize, min_calls: usize, budget: Duration, max_calls: usize) -> (f64, f64) {
+    /// Returns (fastest wall time, smallest CPU time of the calling thread) in seconds, and the
+    /// process's and the calling thread's total CPU time over the timed calls. With one thread, the
+    /// thread CPU time leaves out the time the thread was descheduled by other processes.
+    fn best_time(
+        mut f: impl FnMut(),
+        warm: usize,
+        min_calls: usize,
+        budget: Duration,
+        max_calls: usize,
+    ) -> ((f64, f64), (f64, f64)) {
         for _ in 0..warm {
             f();
         }
+        let (p0, t0) = (cpu_time(CLOCK_PROCESS_CPUTIME_ID), cpu_time(CLOCK_THREAD_CPUTIME_ID));
         let start = Instant::now();
         let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
         let mut n = 0;
@@ -243,7 +252,8 @@ mod bench {
             best_cpu = best_cpu.min(thread_cpu_time() - c);
             n += 1;
         }
-        (best, best_cpu)
+        let (p1, t1) = (cpu_time(CLOCK_PROCESS_CPUTIME_ID), cpu_time(CLOCK_THREAD_CPUTIME_ID));
+        ((best, best_cpu), (p1 - p0, t1 - t0))
     }
 
     #[repr(C)]
@@ -255,10 +265,16 @@ mod bench {
         fn clock_gettime(clock: c_int, tp: *mut Timespec) -> c_int;
     }
 
+    const CLOCK_PROCESS_CPUTIME_ID: c_int = 2; // Linux
+    const CLOCK_THREAD_CPUTIME_ID: c_int = 3;
+
     fn thread_cpu_time() -> f64 {
-        const CLOCK_THREAD_CPUTIME_ID: c_int = 3; // Linux
+        cpu_time(CLOCK_THREAD_CPUTIME_ID)
+    }
+
+    fn cpu_time(clock: c_int) -> f64 {
         let mut ts = Timespec { sec: 0, nsec: 0 };
-        unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        unsafe { clock_gettime(clock, &mut ts) };
         ts.sec as f64 + ts.nsec as f64 * 1e-9
     }
 
@@ -377,7 +393,16 @@ mod bench {
                     let c = timed[(k + r + si) % timed.len()];
                     let y = &mut ys[si];
                     let warm = if flops < 1e9 { 20 } else { 2 };
-                    let t = best_time(|| run(c, threads, y, x, w, *s), warm, 5, budget, 20_000);
+                    let (t, (proc_cpu, thread_cpu)) =
+                        best_time(|| run(c, threads, y, x, w, *s), warm, 5, budget, 20_000);
+                    // With one thread everything must run on the calling thread, or its CPU time
+                    // (and the single-thread comparison) means nothing.
+                    if threads == 1 && proc_cpu > 1.1 * thread_cpu + 2e-3 {
+                        eprintln!(
+                            "gemm_compare: WARNING: {} on {} {}x{}->{} used {:.3} s of process CPU but {:.3} s on the calling thread (not single-threaded?)",
+                            label(c), s.name, s.rows, s.inn, s.out, proc_cpu, thread_cpu
+                        );
+                    }
                     best.insert((si, c), t);
                 }
             }
@@ -488,7 +513,7 @@ mod bench {
                     }
                     cmd.envs(env);
                     cmd.env("RAYON_NUM_THREADS", t.to_string())
-                        .env("MATRIXMULTIPLY_NUM_THREADS", t.to_string())
+                        .env("MATMUL_NUM_THREADS", t.to_string()) // matrixmultiply's variable
                         .env("OPENBLAS_NUM_THREADS", t.to_string())
                         .stderr(Stdio::inherit());
                     let out = cmd.output().expect("failed to start worker");

@@ -42,11 +42,14 @@ pub struct LowbitQuantConfig {
     pub format_version: u32,
     /// Keyed by tensor prefix, e.g. `model.layers.0.self_attn.q_proj`.
     pub modules: BTreeMap<String, LowbitModuleMeta>,
+    /// Vector-quantized modules (docs/formats.md, "VQ layout").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vq_modules: BTreeMap<String, crate::pack::vq::VqModuleMeta>,
 }
 
 impl Default for LowbitQuantConfig {
     fn default() -> Self {
-        Self { quant_method: "lowbit".into(), format_version: 1, modules: BTreeMap::new() }
+        Self { quant_method: "lowbit".into(), format_version: 1, modules: BTreeMap::new(), vq_modules: BTreeMap::new() }
     }
 }
 

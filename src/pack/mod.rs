@@ -17,6 +17,7 @@
 pub mod awq;
 pub mod gptq;
 pub mod lowbit;
+pub mod vq;
 
 pub use awq::AwqPacked;
 pub use gptq::GptqPacked;

@@ -2,9 +2,11 @@
 //! `[out_features, in_features]` (row-major, as stored in HF checkpoints) into a [`QTensor`].
 
 pub mod awq;
+pub mod kmeans;
 pub mod rtn;
 pub mod shift;
 pub mod statsq;
+pub mod vptq;
 
 /// How an integer code maps back to a real number inside one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +133,7 @@ impl QTensor {
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             QTensor::Group(g) => g.dequantize(),
-            QTensor::Vq(_) => unimplemented!("VQ dequantization lives with the VQ layout"),
+            QTensor::Vq(v) => v.dequantize(),
         }
     }
 
