@@ -53,7 +53,7 @@ pub struct QuantizeArgs {
     /// Output directory (must not exist unless --force).
     #[arg(long)]
     pub out: PathBuf,
-    /// rtn: round to nearest; awq: activation-aware scaling + clip search.
+    /// Quantization method (see docs/ and `lowbit quantize --help`).
     #[arg(long, value_enum, default_value_t = Method::Awq)]
     pub method: Method,
     /// Bits per weight code (2..8).
@@ -93,6 +93,12 @@ pub struct QuantizeArgs {
     /// Keep linears whose full name matches REGEX in float (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub skip: Vec<String>,
+    /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ with --act-order: fix group parameters on the natural column groups (no g_idx).
+    #[arg(long)]
+    pub static_groups: bool,
     /// VPTQ: vector length along the output dimension.
     #[arg(long, default_value_t = 4)]
     pub vector_len: usize,
@@ -306,6 +312,8 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         search_tokens: a.search_tokens,
         overrides: a.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
         resume: a.resume,
+        act_order: a.act_order,
+        static_groups: a.static_groups,
         vptq: crate::quant::vptq::VptqConfig {
             vector_len: a.vector_len,
             centroids: a.centroids,

@@ -6,7 +6,7 @@ use crate::arch::Input;
 use crate::checkpoint;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, rtn, shift, statsq, vptq, GroupQ, QTensor};
+use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
@@ -43,6 +43,9 @@ pub enum Method {
     /// AWQ's scale search in front of shift quantization.
     #[value(name = "awq+shift")]
     AwqShift,
+    /// GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab).
+    #[value(name = "gptq")]
+    Gptq,
     /// VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error
     /// feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored).
     #[value(name = "vptq")]
@@ -60,6 +63,7 @@ impl Method {
             Method::Shift => "shift",
             Method::ShiftAware => "shift-aware",
             Method::AwqShift => "awq+shift",
+            Method::Gptq => "gptq",
             Method::Vptq => "vptq",
         }
     }
@@ -75,7 +79,7 @@ impl Method {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
             Method::Awq | Method::AwqStatsq | Method::AwqShift => awq,
             Method::StatsqAware | Method::ShiftAware => Needs { mean_sq: true, ..Needs::default() },
-            Method::Vptq => Needs { hessian: true, ..Needs::default() },
+            Method::Gptq | Method::Vptq => Needs { hessian: true, ..Needs::default() },
         }
     }
 
@@ -86,7 +90,7 @@ impl Method {
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        matches!(self, Method::Vptq)
+        matches!(self, Method::Gptq | Method::Vptq)
     }
 
     /// Vector quantization (stored in the VQ layout, lowbit format only).
@@ -165,6 +169,10 @@ pub struct Options {
     pub resume: bool,
     /// VPTQ settings.
     pub vptq: vptq::VptqConfig,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
+    pub act_order: bool,
+    /// GPTQ with act-order: group parameters from the natural column groups (no g_idx).
+    pub static_groups: bool,
 }
 
 impl Options {
@@ -316,6 +324,12 @@ fn quantize_layer(o: &Options, model: &Model, lw: &mut LayerWeights, plans: &[Op
             Method::StatsqAware => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
             Method::Shift | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::ShiftAware => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
+            Method::Gptq => {
+                let mut cfg = gptq::GptqConfig::new(p.bits, p.group_size, o.sym);
+                cfg.act_order = o.act_order;
+                cfg.static_groups = o.static_groups;
+                QTensor::Group(gptq::gptq(&l.w, l.out, l.inn, h(), &cfg).with_context(|| format!("{prefix}: GPTQ"))?.0)
+            }
             Method::Vptq => QTensor::Vq(vptq::vptq(&l.w, l.out, l.inn, h(), &o.vptq).with_context(|| format!("{prefix}: VPTQ"))?.0),
         };
         out.push(Some(q));
@@ -613,7 +627,7 @@ pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &P
     cfg["quantization_config"] = match o.format {
         Format::Lowbit => serde_json::to_value(meta)?,
         Format::Awq => AwqPacked::quantization_config(o.group_size),
-        Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, false, o.sym),
+        Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
     };
     let float: Vec<String> = (0..c.num_layers)
         .flat_map(|i| c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name)))
@@ -687,7 +701,7 @@ fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> 
         o.seed
     );
     h.update(opts.as_bytes());
-    h.update(format!("{:?}", o.vptq).as_bytes());
+    h.update(format!("{:?}|{}|{}", o.vptq, o.act_order, o.static_groups).as_bytes());
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 

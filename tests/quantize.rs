@@ -183,3 +183,19 @@ fn vptq_about_2_bpw_beats_rtn_2_bit() {
     eprintln!("vptq {bpw:.3} bpw: ppl {pv:.3}; rtn 2-bit g32 (2.78 bpw): ppl {pr:.3}");
     assert!(pv < pr, "VPTQ {pv} vs RTN {pr}");
 }
+
+#[test]
+fn gptq_3_bit_beats_rtn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (g, a, r) = (tmp.path().join("gptq3"), tmp.path().join("gptq3-act"), tmp.path().join("rtn3"));
+    quantize(&g, "gptq", 3, &[]);
+    quantize(&a, "gptq", 3, &["--act-order"]);
+    quantize(&r, "rtn", 3, &[]);
+    let (pg, pa, pr) = (ppl(&g), ppl(&a), ppl(&r));
+    eprintln!("gptq 3-bit g32: {pg:.4}, with act-order {pa:.4}; rtn {pr:.4}");
+    assert!(pg < pr && pa < pr, "GPTQ {pg} / {pa} vs RTN {pr}");
+    // act-order with refit groups stores a g_idx.
+    let st = std::fs::read(a.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert!(st.names().iter().any(|n| n.ends_with(".g_idx")));
+}

@@ -9,11 +9,12 @@
 //! auto-discovers `benches/*/main.rs`) it compiles to a stub.
 //!
 //! Protocol: for each of `--rounds` rounds and each thread count (1, 2), the parent process starts a
-//! worker process with `RAYON_NUM_THREADS`, `MATMUL_NUM_THREADS` and `OPENBLAS_NUM_THREADS`
-//! set (matrixmultiply reads `MATMUL_NUM_THREADS` once per process and otherwise uses every
-//! physical core). In the first round a worker checks
-//! every candidate's output against an f64 reference (sampled entries) and against faer (all
-//! entries) and exits non-zero above 1e-3 relative (max |diff| / max |ref|). Every worker times each
+//! worker process with `RAYON_NUM_THREADS`, `MATMUL_NUM_THREADS` and `OPENBLAS_NUM_THREADS` set
+//! (matrixmultiply reads `MATMUL_NUM_THREADS` once per process, else uses every physical core). In
+//! the first round a worker checks every candidate's output against an f64 reference (sampled
+//! entries) and against faer (all entries) and exits non-zero above 1e-3 relative (max |diff| /
+//! max |ref|). One-thread workers also record the calling thread's CPU time (a second table) and
+//! warn if the process used more CPU than that thread. Every worker times each
 //! candidate on each shape (order rotated by round and shape): warm-up calls, then at least 5 timed
 //! calls (more for small shapes, up to ~0.3 s), keeping the fastest call. Rounds interleave the
 //! candidates in time, so a load spike from other processes does not hit one candidate only. The

@@ -2,6 +2,7 @@
 //! `[out_features, in_features]` (row-major, as stored in HF checkpoints) into a [`QTensor`].
 
 pub mod awq;
+pub mod gptq;
 pub mod kmeans;
 pub mod rtn;
 pub mod shift;
