@@ -48,7 +48,8 @@ fn main() {
     let h = spd(d, 1);
     let hm = Mat::from_fn(d, d, |i, j| h[i * d + j]);
     for (name, par) in [("seq", Par::Seq), ("rayon", Par::rayon(0))] {
-        let req = llt::factor::cholesky_in_place_scratch::<f64>(d, par, Default::default()).or(llt::inverse::inverse_scratch::<f64>(d, par));
+        let req =
+            llt::factor::cholesky_in_place_scratch::<f64>(d, par, Default::default()).or(llt::inverse::inverse_scratch::<f64>(d, par));
         let mut mem = MemBuffer::new(req);
         let mut l = hm.clone();
         let chol = best(
@@ -69,10 +70,9 @@ fn main() {
         let h = spd(inn, 2);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let w: Vec<f32> = (0..out * inn).map(|_| 0.1 * (rng.random::<f32>() - 0.5)).collect();
-        for (label, cfg) in [
-            ("g128", GptqConfig::new(4, 128, false)),
-            ("g128 act-order", GptqConfig { act_order: true, ..GptqConfig::new(4, 128, false) }),
-        ] {
+        for (label, cfg) in
+            [("g128", GptqConfig::new(4, 128, false)), ("g128 act-order", GptqConfig { act_order: true, ..GptqConfig::new(4, 128, false) })]
+        {
             let mut rep = None;
             let c0 = cpu_seconds();
             let t = best(|| rep = Some(gptq(&w, out, inn, &h, &cfg).unwrap().1), 5);

@@ -75,7 +75,11 @@ const QWEN2_LINEARS: &[LinearSpec] = &[
 /// AutoAWQ's groups for Llama-like layers. v→o is only valid when v and o have the same width
 /// (no GQA); see [`Family::scale_groups`].
 const LLAMA_GROUPS: &[ScaleGroup] = &[
-    ScaleGroup { input: Input::AttnIn, producer: Producer::Norm("input_layernorm"), linears: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] },
+    ScaleGroup {
+        input: Input::AttnIn,
+        producer: Producer::Norm("input_layernorm"),
+        linears: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    },
     ScaleGroup { input: Input::AttnOut, producer: Producer::Linear("self_attn.v_proj"), linears: &["self_attn.o_proj"] },
     ScaleGroup { input: Input::MlpIn, producer: Producer::Norm("post_attention_layernorm"), linears: &["mlp.gate_proj", "mlp.up_proj"] },
     ScaleGroup { input: Input::MlpAct, producer: Producer::Linear("mlp.up_proj"), linears: &["mlp.down_proj"] },

@@ -13,8 +13,12 @@ pub fn read_calib_text(path: &Path) -> Result<String> {
     if path.extension().is_some_and(|e| e == "jsonl") {
         let mut out = String::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: line {}: invalid JSON: {e}", path.display(), i + 1))?;
-            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| anyhow!("{}: line {}: no string field \"text\"", path.display(), i + 1))?;
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| anyhow!("{}: line {}: invalid JSON: {e}", path.display(), i + 1))?;
+            let t = v
+                .get("text")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow!("{}: line {}: no string field \"text\"", path.display(), i + 1))?;
             out.push_str(t);
             out.push_str("\n\n");
         }

@@ -38,7 +38,10 @@ pub fn load_state(dir: &Path, fp: &str) -> Result<Option<State>> {
     let f = dir.join("fingerprint");
     let got = std::fs::read_to_string(&f).unwrap_or_default();
     if got != fp {
-        bail!("{}: the interrupted run had other inputs (model, calibration or flags); rerun without --resume to start over", dir.display());
+        bail!(
+            "{}: the interrupted run had other inputs (model, calibration or flags); rerun without --resume to start over",
+            dir.display()
+        );
     }
     let p = dir.join("state.json");
     if !p.exists() {
@@ -59,7 +62,10 @@ impl Checkpointer {
 
     /// Commit layer `i`: its tensors, the hidden states after it, then the state.
     pub fn write_layer(&self, i: usize, tensors: &[&OutTensor], hidden: &[f32], state: &State) -> Result<()> {
-        let owned: Vec<OutTensor> = tensors.iter().map(|t| OutTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data: t.data.clone() }).collect();
+        let owned: Vec<OutTensor> = tensors
+            .iter()
+            .map(|t| OutTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data: t.data.clone() })
+            .collect();
         write_safetensors(&self.layer_path(i), &owned, None)?;
         let bytes: Vec<u8> = hidden.iter().flat_map(|v| v.to_le_bytes()).collect();
         write_atomic(&self.dir.join("hidden.f32"), &bytes)?;

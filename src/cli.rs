@@ -1,8 +1,8 @@
 //! Command-line front end: argument parsing and printing only; the work is in the library.
 
 use crate::eval::{self, Convention};
-use crate::quantize::{Format, Method};
 use crate::mem::fmt_bytes;
+use crate::quantize::{Format, Method};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -324,7 +324,11 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
             normalize: a.vq_normalize,
             ..Default::default()
         },
-        skip: a.skip.iter().map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}"))).collect::<Result<_>>()?,
+        skip: a
+            .skip
+            .iter()
+            .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}")))
+            .collect::<Result<_>>()?,
     };
     let mut pb: Option<ProgressBar> = None;
     let s = crate::quantize::quantize(&a.model, &o, a.dry_run, &mut |i, n, msg| {
@@ -339,11 +343,21 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         let verb = if s.dry_run { "would write" } else { "wrote" };
-        let what = if o.method == Method::Vptq { format!("vptq v{} k{}", o.vptq.vector_len, o.vptq.centroids) } else { format!("{} {}-bit g{}", s.method, s.bits, s.group_size) };
+        let what = if o.method == Method::Vptq {
+            format!("vptq v{} k{}", o.vptq.vector_len, o.vptq.centroids)
+        } else {
+            format!("{} {}-bit g{}", s.method, s.bits, s.group_size)
+        };
         println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
-        println!("bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)", s.linear_bpw, s.model_bpw);
+        println!(
+            "bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)",
+            s.linear_bpw, s.model_bpw
+        );
         if !s.dry_run {
-            println!("time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)", s.seconds, s.calib_tokens, s.forward_seconds);
+            println!(
+                "time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)",
+                s.seconds, s.calib_tokens, s.forward_seconds
+            );
             if let Some(p) = s.peak_rss_bytes {
                 println!("peak memory      {}", fmt_bytes(p));
             }
@@ -364,12 +378,18 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
         std::process::exit(crate::verify::EXIT_NO_GPU);
     }
     if !a.json {
-        println!("{:<44} {:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>8} {:>6}", "layer", "kernel", "batch", "max rel err", "us", "cuBLAS us", "speedup", "GB/s", "% peak");
+        println!(
+            "{:<44} {:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>8} {:>6}",
+            "layer", "kernel", "batch", "max rel err", "us", "cuBLAS us", "speedup", "GB/s", "% peak"
+        );
     }
     let json = a.json;
     let rows = crate::verify::verify(&a.model, re.as_ref(), &a.batch, &mut |r| {
         if !json {
-            println!("{:<44} {:<22} {:>5} {:>10.2e} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>6.1}", r.layer, r.kind, r.batch, r.max_rel_err, r.kernel_us, r.cublas_us, r.speedup, r.gbps, r.pct_of_peak);
+            println!(
+                "{:<44} {:<22} {:>5} {:>10.2e} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>6.1}",
+                r.layer, r.kind, r.batch, r.max_rel_err, r.kernel_us, r.cublas_us, r.speedup, r.gbps, r.pct_of_peak
+            );
         }
     })?;
     if json {

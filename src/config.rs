@@ -61,10 +61,10 @@ impl ModelConfig {
             tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             raw,
         };
-        if cfg.num_heads == 0 || cfg.num_kv_heads == 0 || cfg.num_heads % cfg.num_kv_heads != 0 {
+        if cfg.num_heads == 0 || cfg.num_kv_heads == 0 || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) {
             bail!("num_attention_heads {} is not a multiple of num_key_value_heads {}", cfg.num_heads, cfg.num_kv_heads);
         }
-        if cfg.head_dim % 2 != 0 {
+        if !cfg.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even for RoPE", cfg.head_dim);
         }
         Ok(cfg)

@@ -16,10 +16,7 @@ use half::f16;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
 /// Shared header, pasted in front of every kernel file before NVRTC sees it.
 pub const COMMON_CUH: &str = include_str!("../kernels/common.cuh");
@@ -100,10 +97,7 @@ pub fn gpu_available() -> bool {
     if !present {
         return false;
     }
-    quiet_catch(|| {
-        cudarc::driver::result::init().is_ok() && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
-    })
-    .unwrap_or(false)
+    quiet_catch(|| cudarc::driver::result::init().is_ok() && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)).unwrap_or(false)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -111,10 +105,7 @@ pub fn gpu_available() -> bool {
 
 /// The source NVRTC compiles for a family: common.cuh pasted in place of its `#include`.
 pub fn kernel_source(family: &str) -> Result<String> {
-    let (_, src) = KERNEL_FAMILIES
-        .iter()
-        .find(|(n, _)| *n == family)
-        .ok_or_else(|| anyhow!("unknown kernel family {family}"))?;
+    let (_, src) = KERNEL_FAMILIES.iter().find(|(n, _)| *n == family).ok_or_else(|| anyhow!("unknown kernel family {family}"))?;
     let inc = "#include \"common.cuh\"";
     if !src.contains(inc) {
         bail!("{family}.cu does not include common.cuh");
@@ -146,12 +137,7 @@ pub fn compile_family(family: &str, arch: &'static str, defines: &[String]) -> R
     let src = kernel_source(family)?;
     let mut options = vec!["-std=c++17".to_string()];
     options.extend(defines.iter().map(|d| format!("-D{d}")));
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch),
-        options,
-        name: Some(format!("{family}.cu")),
-        ..Default::default()
-    };
+    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), options, name: Some(format!("{family}.cu")), ..Default::default() };
     let res = quiet_catch(move || cudarc::nvrtc::compile_ptx_with_opts(src, opts))
         .ok_or_else(|| anyhow!("NVRTC panicked (library missing a symbol?)"))?;
     res.map_err(|e| anyhow!("NVRTC failed for {family}.cu ({arch}): {e:?}"))
@@ -611,9 +597,7 @@ pub mod synth {
                 qweight[i * ow + w] = (0..8).fold(0u32, |acc, j| acc | r.below(16) << (4 * j)) as i32;
             }
         }
-        let qzeros: Vec<i32> = (0..ng * ow)
-            .map(|_| (0..8).fold(0u32, |acc, j| acc | r.below(16) << (4 * j)) as i32)
-            .collect();
+        let qzeros: Vec<i32> = (0..ng * ow).map(|_| (0..8).fold(0u32, |acc, j| acc | r.below(16) << (4 * j)) as i32).collect();
         let scales = (0..ng * out).map(|_| scale(&mut r)).collect();
         PackedOnGpu::Awq { out, in_features: inf, group_size: group, qweight, qzeros, scales }
     }
@@ -638,11 +622,8 @@ pub mod synth {
             }
         }
         let scales = (0..ng * out).map(|_| scale(&mut r)).collect();
-        let g_idx: Vec<i32> = if act_order {
-            (0..inf).map(|_| r.below(ng as u32) as i32).collect()
-        } else {
-            (0..inf).map(|i| (i / group) as i32).collect()
-        };
+        let g_idx: Vec<i32> =
+            if act_order { (0..inf).map(|_| r.below(ng as u32) as i32).collect() } else { (0..inf).map(|i| (i / group) as i32).collect() };
         PackedOnGpu::Gptq {
             out,
             in_features: inf,
@@ -827,16 +808,7 @@ impl GpuVerifier {
             sms,
             peak_gbps: clock_khz * 1e3 * 2.0 * bus_bits / 8.0 / 1e9,
         };
-        Ok(GpuVerifier {
-            arch: compute_arch(cc.0, cc.1),
-            ctx,
-            stream,
-            blas,
-            info,
-            modules: Default::default(),
-            iters: 20,
-            out_f16: false,
-        })
+        Ok(GpuVerifier { arch: compute_arch(cc.0, cc.1), ctx, stream, blas, info, modules: Default::default(), iters: 20, out_f16: false })
     }
 
     pub fn device(&self) -> &DeviceInfo {
@@ -906,7 +878,34 @@ impl GpuVerifier {
                 let f = self.function("awq", &[], &format!("awq_{path}"))?;
                 let (qw, qz, sc) = (up.put(s, qweight)?, up.put(s, qzeros)?, up.put(s, scales)?);
                 let g = *group_size as i32;
-                self.launch_and_time(layer, w, x, batch, f, 64, bn, inf.div_ceil(32), 0, y_buf, ws_buf, up, vec![KArg::P(qw), KArg::P(qz), KArg::P(sc), KArg::P(x_d), KArg::P(y_d), KArg::P(ws_d), KArg::Counters, KArg::I(out_i), KArg::I(in_i), KArg::I(batch_i), KArg::I(g), KArg::I(of16)])
+                self.launch_and_time(
+                    layer,
+                    w,
+                    x,
+                    batch,
+                    f,
+                    64,
+                    bn,
+                    inf.div_ceil(32),
+                    0,
+                    y_buf,
+                    ws_buf,
+                    up,
+                    vec![
+                        KArg::P(qw),
+                        KArg::P(qz),
+                        KArg::P(sc),
+                        KArg::P(x_d),
+                        KArg::P(y_d),
+                        KArg::P(ws_d),
+                        KArg::Counters,
+                        KArg::I(out_i),
+                        KArg::I(in_i),
+                        KArg::I(batch_i),
+                        KArg::I(g),
+                        KArg::I(of16),
+                    ],
+                )
             }
             PackedOnGpu::Gptq { bits, group_size, qweight, qzeros, scales, g_idx, .. } => {
                 let pc = match g_idx {
@@ -922,7 +921,36 @@ impl GpuVerifier {
                 };
                 let ng = gptq_groups(inf, *group_size, g_idx.as_deref()) as i32;
                 let g = *group_size as i32;
-                self.launch_and_time(layer, w, x, batch, f, 32, bn, inf / 32, 0, y_buf, ws_buf, up, vec![KArg::P(qw), KArg::P(qz), KArg::P(sc), KArg::P(gi), KArg::P(x_d), KArg::P(y_d), KArg::P(ws_d), KArg::Counters, KArg::I(out_i), KArg::I(in_i), KArg::I(batch_i), KArg::I(ng), KArg::I(g), KArg::I(of16)])
+                self.launch_and_time(
+                    layer,
+                    w,
+                    x,
+                    batch,
+                    f,
+                    32,
+                    bn,
+                    inf / 32,
+                    0,
+                    y_buf,
+                    ws_buf,
+                    up,
+                    vec![
+                        KArg::P(qw),
+                        KArg::P(qz),
+                        KArg::P(sc),
+                        KArg::P(gi),
+                        KArg::P(x_d),
+                        KArg::P(y_d),
+                        KArg::P(ws_d),
+                        KArg::Counters,
+                        KArg::I(out_i),
+                        KArg::I(in_i),
+                        KArg::I(batch_i),
+                        KArg::I(ng),
+                        KArg::I(g),
+                        KArg::I(of16),
+                    ],
+                )
             }
             PackedOnGpu::Lowbit { bits, group_size, grid, qweight, scales, qzeros, g_idx, .. } => {
                 let pc = g_idx.is_some() || group_size % 32 != 0;
@@ -941,7 +969,37 @@ impl GpuVerifier {
                 let row_words = (stream_row_bytes(inf, *bits) / 4) as i32;
                 let ng = lowbit_groups(inf, *group_size, g_idx.as_deref()) as i32;
                 let g = *group_size as i32;
-                self.launch_and_time(layer, w, x, batch, f, 16, bn, inf.div_ceil(128), 0, y_buf, ws_buf, up, vec![KArg::P(qw), KArg::P(sc), KArg::P(qz), KArg::P(gi), KArg::P(x_d), KArg::P(y_d), KArg::P(ws_d), KArg::Counters, KArg::I(out_i), KArg::I(in_i), KArg::I(batch_i), KArg::I(row_words), KArg::I(ng), KArg::I(g), KArg::I(of16)])
+                self.launch_and_time(
+                    layer,
+                    w,
+                    x,
+                    batch,
+                    f,
+                    16,
+                    bn,
+                    inf.div_ceil(128),
+                    0,
+                    y_buf,
+                    ws_buf,
+                    up,
+                    vec![
+                        KArg::P(qw),
+                        KArg::P(sc),
+                        KArg::P(qz),
+                        KArg::P(gi),
+                        KArg::P(x_d),
+                        KArg::P(y_d),
+                        KArg::P(ws_d),
+                        KArg::Counters,
+                        KArg::I(out_i),
+                        KArg::I(in_i),
+                        KArg::I(batch_i),
+                        KArg::I(row_words),
+                        KArg::I(ng),
+                        KArg::I(g),
+                        KArg::I(of16),
+                    ],
+                )
             }
             PackedOnGpu::Vq { v, idx_bits, indices, codebook, residual, col_scale, col_bias, .. } => {
                 let f = self.function("vq", &[], &format!("vq_{path}"))?;
@@ -966,18 +1024,14 @@ impl GpuVerifier {
                     None => null,
                 };
                 let cb_bytes = 2 * (codebook.len() + residual.as_ref().map_or(0, |r| r.codebook.len()));
-                let max_optin = self
-                    .ctx
-                    .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-                    .unwrap_or(48 * 1024) as usize;
+                let max_optin =
+                    self.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).unwrap_or(48 * 1024)
+                        as usize;
                 let static_smem = 4 * (WARPS as usize) * (bn / 8) * 4 * 32 + 64;
                 let in_smem = cb_bytes + static_smem <= max_optin;
                 let dyn_smem = if in_smem { cb_bytes as u32 } else { 0 };
                 if dyn_smem > 48 * 1024 - static_smem as u32 {
-                    f.set_attribute(
-                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        dyn_smem as i32,
-                    )?;
+                    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn_smem as i32)?;
                 }
                 let (vv, ib, irw, ncb, insm) = (
                     *v as i32,
@@ -986,7 +1040,44 @@ impl GpuVerifier {
                     (codebook.len() / v) as i32,
                     in_smem as i32,
                 );
-                self.launch_and_time(layer, w, x, batch, f, 16, bn, inf.div_ceil(32), dyn_smem, y_buf, ws_buf, up, vec![KArg::P(idx), KArg::P(cb), KArg::P(ridx), KArg::P(rcb), KArg::P(cs), KArg::P(cbias), KArg::P(x_d), KArg::P(y_d), KArg::P(ws_d), KArg::Counters, KArg::I(out_i), KArg::I(in_i), KArg::I(batch_i), KArg::I(vv), KArg::I(ib), KArg::I(irw), KArg::I(ncb), KArg::I(rib), KArg::I(rrw), KArg::I(n_rcb), KArg::I(insm), KArg::I(of16)])
+                self.launch_and_time(
+                    layer,
+                    w,
+                    x,
+                    batch,
+                    f,
+                    16,
+                    bn,
+                    inf.div_ceil(32),
+                    dyn_smem,
+                    y_buf,
+                    ws_buf,
+                    up,
+                    vec![
+                        KArg::P(idx),
+                        KArg::P(cb),
+                        KArg::P(ridx),
+                        KArg::P(rcb),
+                        KArg::P(cs),
+                        KArg::P(cbias),
+                        KArg::P(x_d),
+                        KArg::P(y_d),
+                        KArg::P(ws_d),
+                        KArg::Counters,
+                        KArg::I(out_i),
+                        KArg::I(in_i),
+                        KArg::I(batch_i),
+                        KArg::I(vv),
+                        KArg::I(ib),
+                        KArg::I(irw),
+                        KArg::I(ncb),
+                        KArg::I(rib),
+                        KArg::I(rrw),
+                        KArg::I(n_rcb),
+                        KArg::I(insm),
+                        KArg::I(of16),
+                    ],
+                )
             }
         }
     }

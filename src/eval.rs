@@ -34,7 +34,14 @@ impl Windows {
 }
 
 /// Cut `text` into windows under `conv`. `text_name` names the file in errors.
-pub fn make_windows(tok: &Tokenizer, text: &str, text_name: &str, ctx: usize, conv: Convention, max_windows: Option<usize>) -> Result<Windows> {
+pub fn make_windows(
+    tok: &Tokenizer,
+    text: &str,
+    text_name: &str,
+    ctx: usize,
+    conv: Convention,
+    max_windows: Option<usize>,
+) -> Result<Windows> {
     if ctx < 2 {
         bail!("--ctx must be at least 2 (got {ctx})");
     }

@@ -227,9 +227,7 @@ impl<'a> Cursor<'a> {
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(
-                self.err(format_args!("truncated file: {what} needs {n} bytes, only {} left", self.remaining()))
-            );
+            return Err(self.err(format_args!("truncated file: {what} needs {n} bytes, only {} left", self.remaining())));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -282,8 +280,7 @@ impl<'a> Cursor<'a> {
                     return Err(self.err("arrays nested too deeply"));
                 }
                 let elem = self.u32("array element type")?;
-                let min =
-                    value_min_size(elem).ok_or_else(|| self.err(format_args!("unknown array element type {elem}")))?;
+                let min = value_min_size(elem).ok_or_else(|| self.err(format_args!("unknown array element type {elem}")))?;
                 let n = self.count("array length", min)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -408,8 +405,7 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(n_tensors);
         let mut tensor_index = HashMap::with_capacity(n_tensors);
         for (name, dims, ty, offset) in infos {
-            let (blk, blk_bytes) =
-                ty.block().ok_or_else(|| anyhow!("{file}: tensor {name} has unknown ggml type id {}", ty.0))?;
+            let (blk, blk_bytes) = ty.block().ok_or_else(|| anyhow!("{file}: tensor {name} has unknown ggml type id {}", ty.0))?;
             let n_el = dims
                 .iter()
                 .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
@@ -462,9 +458,9 @@ impl Gguf {
     fn get_as<'a, T>(&'a self, key: &str, want: &str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => f(v).map(Some).ok_or_else(|| {
-                self.fail(format_args!("metadata {key}: expected {want}, found {} {v:?}", v.type_name()))
-            }),
+            Some(v) => {
+                f(v).map(Some).ok_or_else(|| self.fail(format_args!("metadata {key}: expected {want}, found {} {v:?}", v.type_name())))
+            }
         }
     }
     /// Any integer value that fits in u32.
@@ -507,9 +503,7 @@ impl Gguf {
     }
     /// Array of integers as i64.
     pub fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        self.get_as(key, "array of integers", |v| {
-            v.as_array()?.iter().map(|x| x.as_int().and_then(|i| i64::try_from(i).ok())).collect()
-        })
+        self.get_as(key, "array of integers", |v| v.as_array()?.iter().map(|x| x.as_int().and_then(|i| i64::try_from(i).ok())).collect())
     }
 
     // --- tensors ------------------------------------------------------------------------------
@@ -534,8 +528,7 @@ impl Gguf {
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info = self.info_or_err(name)?;
         let bytes = &self.mmap[info.range.clone()];
-        let out =
-            dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
+        let out = dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
         Ok((info.hf_shape(), out))
     }
 }
@@ -747,9 +740,8 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     if arch != "llama" {
         return Err(g.fail(format_args!("architecture {arch:?} not supported (only llama)")));
     }
-    let req_u32 = |key: &str| -> Result<usize> {
-        Ok(g.get_u32(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}")))? as usize)
-    };
+    let req_u32 =
+        |key: &str| -> Result<usize> { Ok(g.get_u32(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}")))? as usize) };
     let n_head = req_u32("llama.attention.head_count")?;
     let n_head_kv = g.get_u32("llama.attention.head_count_kv")?.map_or(n_head, |v| v as usize);
 
@@ -762,8 +754,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             if name == "rope_freqs.weight" || name.ends_with(".attn_rot_embd") {
                 return Ok((info, None));
             }
-            let hf = hf_name(name)
-                .ok_or_else(|| g.fail(format_args!("tensor {name} has no Hugging Face Llama equivalent")))?;
+            let hf = hf_name(name).ok_or_else(|| g.fail(format_args!("tensor {name} has no Hugging Face Llama equivalent")))?;
             Ok((info, Some(hf)))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -790,11 +781,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             Some((json, cfg))
         }
         None => {
-            eprintln!(
-                "warning: {}: no tokenizer given; evaluating {} will need --tokenizer",
-                gguf.display(),
-                out.display()
-            );
+            eprintln!("warning: {}: no tokenizer given; evaluating {} will need --tokenizer", gguf.display(), out.display());
             None
         }
     };
@@ -882,8 +869,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
 
 /// Build an HF LlamaConfig from `llama.*` metadata.
 fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json> {
-    let req =
-        |key: &str| -> Result<u64> { g.get_u64(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}"))) };
+    let req = |key: &str| -> Result<u64> { g.get_u64(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}"))) };
     let hidden = req("llama.embedding_length")?;
     let heads = req("llama.attention.head_count")?;
     if heads == 0 {
@@ -915,8 +901,7 @@ fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json
     if let Some(ctx) = g.get_u64("llama.context_length")? {
         obj.insert("max_position_embeddings".into(), ctx.into());
     }
-    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
-    {
+    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
         if let Some(id) = g.get_u64(key)? {
             obj.insert(hf.into(), id.into());
         }

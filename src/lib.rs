@@ -5,9 +5,9 @@
 //! `quant/` holds one file per method, `pack/` one file per packed layout.
 
 pub mod arch;
-pub mod cli;
 pub mod calib;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod cuda;
 pub mod eval;

@@ -212,7 +212,10 @@ impl Model {
             if t >= v {
                 return Err(anyhow!("token id {t} out of range (vocab_size {v})"));
             }
-            h.extend(crate::weights::to_f32(info.dtype, &bytes[t * d * es..(t + 1) * d * es]).map_err(|e| anyhow!("{}: {name}: {e}", self.ck.dir.display()))?);
+            h.extend(
+                crate::weights::to_f32(info.dtype, &bytes[t * d * es..(t + 1) * d * es])
+                    .map_err(|e| anyhow!("{}: {name}: {e}", self.ck.dir.display()))?,
+            );
         }
         Ok(h)
     }
@@ -222,7 +225,7 @@ impl Model {
     /// `hook(input, x, rows)` sees the input of every linear, chunk by chunk.
     pub fn forward_layer(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
         let d = self.cfg.hidden_size;
-        assert!(seq_len > 0 && h.len() % (seq_len * d) == 0);
+        assert!(seq_len > 0 && h.len().is_multiple_of(seq_len * d));
         let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
         for chunk in h.chunks_mut(seqs_per_chunk * seq_len * d) {
             self.forward_chunk(lw, chunk, seq_len, hook);

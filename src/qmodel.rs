@@ -60,7 +60,8 @@ impl QuantScheme {
         }
         Ok(Some(match self {
             QuantScheme::Lowbit(c) => {
-                let meta = c.modules.get(prefix).ok_or_else(|| anyhow!("{prefix}: packed but not listed in quantization_config.modules"))?;
+                let meta =
+                    c.modules.get(prefix).ok_or_else(|| anyhow!("{prefix}: packed but not listed in quantization_config.modules"))?;
                 Packed::Lowbit(LowbitPacked::from_tensors(src, prefix, meta)?)
             }
             QuantScheme::Awq(m) => Packed::Awq(AwqPacked::from_tensors(src, prefix, m)?),
@@ -97,12 +98,19 @@ impl Stored {
     /// A short description, e.g. `lowbit 4-bit g128 affine` or `vq v4 k256`.
     pub fn kind(&self) -> String {
         match self {
-            Stored::Group(Packed::Lowbit(l)) => format!("lowbit {}-bit g{} {}", l.bits, l.group_size, crate::pack::lowbit::grid_name::name(l.grid)),
+            Stored::Group(Packed::Lowbit(l)) => {
+                format!("lowbit {}-bit g{} {}", l.bits, l.group_size, crate::pack::lowbit::grid_name::name(l.grid))
+            }
             Stored::Group(Packed::Awq(a)) => format!("awq 4-bit g{}", a.group_size),
             Stored::Group(Packed::Gptq(g)) => format!("gptq {}-bit g{}", g.bits, g.group_size),
             Stored::Vq(v) => {
                 let m = v.meta("");
-                format!("vq v{} k{}{}", m.vector_len, m.n_centroids, if m.n_res_centroids > 0 { format!(" +res{}", m.n_res_centroids) } else { String::new() })
+                format!(
+                    "vq v{} k{}{}",
+                    m.vector_len,
+                    m.n_centroids,
+                    if m.n_res_centroids > 0 { format!(" +res{}", m.n_res_centroids) } else { String::new() }
+                )
             }
         }
     }
@@ -175,7 +183,8 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let mut tensors = Vec::new();
     let (mut params, mut bytes) = (0usize, 0usize);
     // Packed modules: every tensor `{prefix}.{part}` of a prefix that has a `.qweight`.
-    let packed_prefixes: Vec<String> = ck.names().filter_map(|n| n.strip_suffix(".qweight").or_else(|| n.strip_suffix(".vq_indices"))).map(str::to_owned).collect();
+    let packed_prefixes: Vec<String> =
+        ck.names().filter_map(|n| n.strip_suffix(".qweight").or_else(|| n.strip_suffix(".vq_indices"))).map(str::to_owned).collect();
     let mut module_bits: BTreeMap<String, usize> = BTreeMap::new();
     for (name, info) in ck.tensors() {
         let b = info.shape.iter().product::<usize>() * dtype_size(info.dtype).unwrap_or(0);
@@ -183,21 +192,38 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         e.tensors += 1;
         e.bytes += b;
         bytes += b;
-        if let Some(p) = packed_prefixes.iter().find(|p| name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.') && !r.ends_with(".bias"))) {
+        if let Some(p) =
+            packed_prefixes.iter().find(|p| name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.') && !r.ends_with(".bias")))
+        {
             *module_bits.entry(p.clone()).or_default() += 8 * b;
             continue;
         }
         let n = info.shape.iter().product::<usize>();
         params += n;
-        tensors.push(TensorReport { name: name.clone(), dtype: format!("{:?}", info.dtype), shape: info.shape.clone(), params: n, bits_per_weight: 8.0 * b as f64 / n.max(1) as f64 });
+        tensors.push(TensorReport {
+            name: name.clone(),
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+            params: n,
+            bits_per_weight: 8.0 * b as f64 / n.max(1) as f64,
+        });
     }
     if let Some(s) = &scheme {
         for (prefix, bits) in module_bits {
-            let p = s.read_any(&ck, &prefix).map_err(|e| anyhow!("{}: {e:#}", dir.display()))?.ok_or_else(|| anyhow!("{prefix}: not listed in quantization_config"))?;
+            let p = s
+                .read_any(&ck, &prefix)
+                .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?
+                .ok_or_else(|| anyhow!("{prefix}: not listed in quantization_config"))?;
             let (o, i) = p.shape();
             params += o * i;
             let kind = p.kind();
-            tensors.push(TensorReport { name: prefix, dtype: kind, shape: vec![o, i], params: o * i, bits_per_weight: bits as f64 / (o * i) as f64 });
+            tensors.push(TensorReport {
+                name: prefix,
+                dtype: kind,
+                shape: vec![o, i],
+                params: o * i,
+                bits_per_weight: bits as f64 / (o * i) as f64,
+            });
         }
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -233,7 +259,14 @@ impl InspectReport {
         let mut s = String::new();
         let w = |s: &mut String, k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
         w(&mut s, "model", self.model.clone());
-        w(&mut s, "architecture", format!("{} ({} layers, hidden {}, ffn {}, heads {}/{} kv, head_dim {})", self.model_type, self.layers, self.hidden_size, self.intermediate_size, self.heads, self.kv_heads, self.head_dim));
+        w(
+            &mut s,
+            "architecture",
+            format!(
+                "{} ({} layers, hidden {}, ffn {}, heads {}/{} kv, head_dim {})",
+                self.model_type, self.layers, self.hidden_size, self.intermediate_size, self.heads, self.kv_heads, self.head_dim
+            ),
+        );
         w(&mut s, "vocab", format!("{}{}", self.vocab_size, if self.tie_word_embeddings { " (tied embeddings)" } else { "" }));
         w(&mut s, "parameters", format!("{}", self.parameters));
         w(&mut s, "size", format!("{} ({:.3} bits per weight)", crate::mem::fmt_bytes(self.total_bytes as u64), self.bits_per_weight));

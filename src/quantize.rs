@@ -262,7 +262,10 @@ fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
 }
 
 /// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against).
-fn row_quantizer(p: LinearPlan, sym: bool) -> Box<dyn Fn(&mut [f32]) + Sync> {
+/// A boxed row quantizer.
+type RowQuantizer = Box<dyn Fn(&mut [f32]) + Sync>;
+
+fn row_quantizer(p: LinearPlan, sym: bool) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
     match p.method {
         Method::Statsq | Method::StatsqAware | Method::AwqStatsq => Box::new(move |row: &mut [f32]| {
@@ -279,7 +282,13 @@ fn row_quantizer(p: LinearPlan, sym: bool) -> Box<dyn Fn(&mut [f32]) + Sync> {
 
 /// Quantize one layer's linears with their plans (after the methods' transforms of `lw`).
 /// Returns one entry per linear in table order; `None` keeps the linear in float.
-fn quantize_layer(o: &Options, model: &Model, lw: &mut LayerWeights, plans: &[Option<LinearPlan>], stats: &HashMap<Input, InputStats>) -> Result<Vec<Option<QTensor>>> {
+fn quantize_layer(
+    o: &Options,
+    model: &Model,
+    lw: &mut LayerWeights,
+    plans: &[Option<LinearPlan>],
+    stats: &HashMap<Input, InputStats>,
+) -> Result<Vec<Option<QTensor>>> {
     let specs = model.cfg.family.linears();
     let plan_of = |name: &str| specs.iter().position(|s| s.name == name).and_then(|i| plans[i]);
     let gqa = model.cfg.num_kv_heads != model.cfg.num_heads;
@@ -385,9 +394,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     }
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
-        (Some(p), n) if n.any() => {
-            (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
-        }
+        (Some(p), n) if n.any() => (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen),
         _ => (Vec::new(), 0),
     };
     let tmp = partial_dir(&o.out);
@@ -422,7 +429,8 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     };
     // Whole-checkpoint accounting.
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
-    let params: u64 = lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
+    let params: u64 =
+        lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
     let summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
@@ -457,11 +465,18 @@ type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
 
 /// Run decoder layer `lw` over the calibration hidden states `h` in place, gathering the
 /// statistics `needs` of every linear input. Returns them and the forward seconds (hooks excluded).
-pub(crate) fn calibrate_layer(model: &Model, lw: &LayerWeights, h: &mut [f32], seqlen: usize, needs: Needs) -> Result<(HashMap<Input, InputStats>, f64)> {
+pub(crate) fn calibrate_layer(
+    model: &Model,
+    lw: &LayerWeights,
+    h: &mut [f32],
+    seqlen: usize,
+    needs: Needs,
+) -> Result<(HashMap<Input, InputStats>, f64)> {
     let c = &model.cfg;
     let rows = h.len() / c.hidden_size;
     let mut stats: HashMap<Input, InputStats> = HashMap::new();
-    let dims = [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
+    let dims =
+        [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
     for (inp, d) in dims {
         stats.insert(inp, InputStats::new(d, rows, needs));
     }
@@ -488,7 +503,14 @@ pub(crate) struct LayerOut {
 
 /// Quantize and pack the linears of layer `lw` (modified in place by AWQ-style transforms), plus
 /// its norms and biases.
-pub(crate) fn layer_out(o: &Options, model: &Model, lw: &mut LayerWeights, plan: &[Option<LinearPlan>], stats: &HashMap<Input, InputStats>, dry_run: bool) -> Result<LayerOut> {
+pub(crate) fn layer_out(
+    o: &Options,
+    model: &Model,
+    lw: &mut LayerWeights,
+    plan: &[Option<LinearPlan>],
+    stats: &HashMap<Input, InputStats>,
+    dry_run: bool,
+) -> Result<LayerOut> {
     let c = &model.cfg;
     let fd = o.float_dtype;
     let qs: Vec<Option<QTensor>> = if dry_run {
@@ -608,7 +630,12 @@ fn run(
         model.ck.release_pages();
         if let Some(ck) = ckpt {
             let layer: Vec<&OutTensor> = r.tensors.iter().collect();
-            ck.write_layer(i, &layer, &h, &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd })?;
+            ck.write_layer(
+                i,
+                &layer,
+                &h,
+                &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd },
+            )?;
         }
         out.extend(r.tensors);
     }
@@ -620,7 +647,15 @@ fn run(
 /// Write the final directory from `tmp` (tensors, config.json with quantization_config, tokenizer
 /// files), drop the checkpoints, and rename it into place.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &Path, tensors: &[OutTensor], meta: &LowbitQuantConfig, plans: &[Vec<Option<LinearPlan>>]) -> Result<()> {
+pub(crate) fn write_output(
+    model_dir: &Path,
+    model: &Model,
+    o: &Options,
+    tmp: &Path,
+    tensors: &[OutTensor],
+    meta: &LowbitQuantConfig,
+    plans: &[Vec<Option<LinearPlan>>],
+) -> Result<()> {
     let c = &model.cfg;
     write_safetensors(&tmp.join("model.safetensors"), tensors, None)?;
     let mut cfg = model.cfg.raw.clone();
@@ -630,7 +665,9 @@ pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &P
         Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
     };
     let float: Vec<String> = (0..c.num_layers)
-        .flat_map(|i| c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name)))
+        .flat_map(|i| {
+            c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name))
+        })
         .collect();
     if !float.is_empty() && o.format != Format::Lowbit {
         // transformers matches these as substrings of module names: a linear kept in float in
@@ -647,7 +684,12 @@ pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &P
         }
         cfg["quantization_config"]["modules_to_not_convert"] = names.into();
     }
-    cfg["torch_dtype"] = format!("{:?}", o.float_dtype).to_lowercase().replace("f16", "float16").replace("bf16", "bfloat16").replace("f32", "float32").into();
+    cfg["torch_dtype"] = format!("{:?}", o.float_dtype)
+        .to_lowercase()
+        .replace("f16", "float16")
+        .replace("bf16", "bfloat16")
+        .replace("f32", "float32")
+        .into();
     write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
         let src = model_dir.join(f);
@@ -659,7 +701,7 @@ pub(crate) fn write_output(model_dir: &Path, model: &Model, o: &Options, tmp: &P
     if o.out.exists() {
         std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot replace", o.out.display()))?;
     }
-    std::fs::rename(&tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
+    std::fs::rename(tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
     Ok(())
 }
 
@@ -682,7 +724,10 @@ fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
 fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?);
+    h.update(
+        std::fs::read(model_dir.join("config.json"))
+            .with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?,
+    );
     let ck = crate::weights::Checkpoint::open(model_dir)?;
     for (name, info) in ck.tensors() {
         h.update(format!("{name}:{:?}:{:?};", info.dtype, info.shape));
@@ -695,7 +740,15 @@ fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> 
     h.update(tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
     let opts = format!(
         "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
-        o.method, o.bits, o.group_size, o.sym, o.calib_samples, o.calib_seqlen, o.format, o.float_dtype, o.search_tokens,
+        o.method,
+        o.bits,
+        o.group_size,
+        o.sym,
+        o.calib_samples,
+        o.calib_seqlen,
+        o.format,
+        o.float_dtype,
+        o.search_tokens,
         o.overrides.iter().map(|v| format!("{}={:?}:{}:{:?}", v.pattern, v.method, v.bits, v.group_size)).collect::<Vec<_>>(),
         o.skip.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>(),
         o.seed

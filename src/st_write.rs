@@ -48,8 +48,7 @@ pub fn write_safetensors(path: &Path, tensors: &[OutTensor], metadata: Option<Ha
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|t| {
-            let v = TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map_err(|e| anyhow::anyhow!("tensor {}: {e:?}", t.name))?;
+            let v = TensorView::new(t.dtype, t.shape.clone(), &t.data).map_err(|e| anyhow::anyhow!("tensor {}: {e:?}", t.name))?;
             Ok((t.name.clone(), v))
         })
         .collect::<Result<_>>()?;

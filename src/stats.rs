@@ -22,7 +22,12 @@ impl Needs {
     }
 
     pub fn union(self, o: Needs) -> Needs {
-        Needs { mean_abs: self.mean_abs || o.mean_abs, mean_sq: self.mean_sq || o.mean_sq, hessian: self.hessian || o.hessian, sample_rows: self.sample_rows.max(o.sample_rows) }
+        Needs {
+            mean_abs: self.mean_abs || o.mean_abs,
+            mean_sq: self.mean_sq || o.mean_sq,
+            hessian: self.hessian || o.hessian,
+            sample_rows: self.sample_rows.max(o.sample_rows),
+        }
     }
 }
 
@@ -44,7 +49,7 @@ pub struct InputStats {
 impl InputStats {
     /// `total_rows` is the number of rows that will be observed (sets the sampling stride).
     pub fn new(dim: usize, total_rows: usize, needs: Needs) -> Self {
-        let stride = if needs.sample_rows == 0 { usize::MAX } else { (total_rows / needs.sample_rows).max(1) };
+        let stride = total_rows.checked_div(needs.sample_rows).map_or(usize::MAX, |s| s.max(1));
         Self {
             dim,
             rows: 0,
@@ -78,7 +83,17 @@ impl InputStats {
             let xt = MatRef::from_column_major_slice(x, d, rows); // x row-major [rows][d] = xᵀ col-major
             let xm = MatRef::from_row_major_slice(x, rows, d);
             let pm = MatMut::from_column_major_slice_mut(&mut p, d, d);
-            triangular::matmul(pm, BlockStructure::TriangularLower, Accum::Replace, xt, BlockStructure::Rectangular, xm, BlockStructure::Rectangular, 1.0f32, crate::linalg::par());
+            triangular::matmul(
+                pm,
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                xt,
+                BlockStructure::Rectangular,
+                xm,
+                BlockStructure::Rectangular,
+                1.0f32,
+                crate::linalg::par(),
+            );
             for c in 0..d {
                 for r in c..d {
                     self.xtx[c * d + r] += p[c * d + r] as f64;
@@ -87,7 +102,7 @@ impl InputStats {
         }
         if self.needs.sample_rows > 0 {
             for r in 0..rows {
-                if (self.rows + r) % self.stride == 0 && self.sample.len() / d < self.needs.sample_rows {
+                if (self.rows + r).is_multiple_of(self.stride) && self.sample.len() / d < self.needs.sample_rows {
                     self.sample.extend_from_slice(&x[r * d..(r + 1) * d]);
                 }
             }

@@ -70,11 +70,13 @@ pub fn to_gpu(p: &Packed) -> PackedOnGpu {
 /// Verify the packed layers of `dir` whose names match `layers`, at each batch size.
 pub fn verify(dir: &Path, layers: Option<&regex::Regex>, batches: &[usize], on_row: &mut dyn FnMut(&VerifyRow)) -> Result<Vec<VerifyRow>> {
     let cfg = crate::config::ModelConfig::load(&dir.join("config.json"))?;
-    let scheme = QuantScheme::from_config(dir, &cfg.raw)?.ok_or_else(|| anyhow!("{}: not a quantized checkpoint (no quantization_config)", dir.display()))?;
+    let scheme = QuantScheme::from_config(dir, &cfg.raw)?
+        .ok_or_else(|| anyhow!("{}: not a quantized checkpoint (no quantization_config)", dir.display()))?;
     let ck = Checkpoint::open(dir)?;
     let gpu = GpuVerifier::new(0)?;
     let mut rows = Vec::new();
-    let prefixes: Vec<String> = ck.names().filter_map(|n| n.strip_suffix(".qweight")).filter(|p| layers.is_none_or(|r| r.is_match(p))).map(str::to_owned).collect();
+    let prefixes: Vec<String> =
+        ck.names().filter_map(|n| n.strip_suffix(".qweight")).filter(|p| layers.is_none_or(|r| r.is_match(p))).map(str::to_owned).collect();
     for prefix in prefixes {
         let packed = scheme.read(&ck, &prefix)?.ok_or_else(|| anyhow!("{prefix}: no qweight"))?;
         let g = to_gpu(&packed);

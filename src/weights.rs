@@ -63,10 +63,8 @@ impl Checkpoint {
         } else if index.exists() {
             let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| anyhow!("{}: missing \"weight_map\"", index.display()))?;
+            let map =
+                v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing \"weight_map\"", index.display()))?;
             let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
             names.sort();
             names.dedup();

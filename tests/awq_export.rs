@@ -45,7 +45,21 @@ fn autoawq_unpacker_rebuilds_the_same_model() {
     let m = stories();
     let c = shared("data/tinyshakespeare/input.txt");
     let o = Command::new(lowbit_bin())
-        .args(["quantize", "--model", m.to_str().unwrap(), "--out", q.to_str().unwrap(), "--method", "awq", "--bits", "4", "--group-size", "32", "--format", "awq"])
+        .args([
+            "quantize",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            q.to_str().unwrap(),
+            "--method",
+            "awq",
+            "--bits",
+            "4",
+            "--group-size",
+            "32",
+            "--format",
+            "awq",
+        ])
         .args(["--calib", c.to_str().unwrap(), "--calib-samples", "16", "--calib-seqlen", "256"])
         .output()
         .unwrap();
@@ -86,7 +100,12 @@ fn autoawq_unpacker_rebuilds_the_same_model() {
             rebuilt.push(lowbit::st_write::OutTensor::f32(format!("{prefix}.weight"), vec![out, inn], &w));
         } else if !name.ends_with(".qzeros") && !name.ends_with(".scales") {
             let t = st.tensor(name).unwrap();
-            rebuilt.push(lowbit::st_write::OutTensor { name: name.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() });
+            rebuilt.push(lowbit::st_write::OutTensor {
+                name: name.to_string(),
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                data: t.data().to_vec(),
+            });
         }
     }
     let f = tmp.path().join("rebuilt");
@@ -99,7 +118,10 @@ fn autoawq_unpacker_rebuilds_the_same_model() {
 
     let ppl = |d: &std::path::Path| -> f64 {
         let t = tinystories_text();
-        let o = Command::new(lowbit_bin()).args(["eval", "--model", d.to_str().unwrap(), "--text", t.to_str().unwrap(), "--ctx", "256", "--json"]).output().unwrap();
+        let o = Command::new(lowbit_bin())
+            .args(["eval", "--model", d.to_str().unwrap(), "--text", t.to_str().unwrap(), "--ctx", "256", "--json"])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["ppl"].as_f64().unwrap()
     };

@@ -124,7 +124,10 @@ fn empty_text_and_short_text() {
     expect_error(&["eval", "--model", m.to_str().unwrap(), "--text", empty.to_str().unwrap()], &["empty.txt", "empty"]);
     let short = tmp.path().join("short.txt");
     std::fs::write(&short, "Once upon a time there was a cat.").unwrap();
-    expect_error(&["eval", "--model", m.to_str().unwrap(), "--text", short.to_str().unwrap(), "--ctx", "256"], &["short.txt", "shorter than one window"]);
+    expect_error(
+        &["eval", "--model", m.to_str().unwrap(), "--text", short.to_str().unwrap(), "--ctx", "256"],
+        &["short.txt", "shorter than one window"],
+    );
 }
 
 #[test]
@@ -146,7 +149,19 @@ fn verify_without_gpu_exits_3() {
     let tmp = tempfile::tempdir().unwrap();
     let q = tmp.path().join("q");
     let m = stories();
-    let (code, _, err) = run(&["quantize", "--model", m.to_str().unwrap(), "--out", q.to_str().unwrap(), "--method", "rtn", "--bits", "4", "--group-size", "32"]);
+    let (code, _, err) = run(&[
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        q.to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+    ]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&["verify", "--model", q.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");

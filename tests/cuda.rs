@@ -131,8 +131,13 @@ fn gpu_kernels_match_cpu_reference() {
                 Ok((got, t)) => {
                     let err = cuda::max_rel_err(&got, &want);
                     let ok = err < 5e-3;
-                    eprintln!("{} {:<28} batch {batch:3}: max rel err {err:.2e} (vs cuBLAS {:.2e}) grid {:?}",
-                        if ok { "ok  " } else { "FAIL" }, l.label(), t.err_vs_cublas, t.grid);
+                    eprintln!(
+                        "{} {:<28} batch {batch:3}: max rel err {err:.2e} (vs cuBLAS {:.2e}) grid {:?}",
+                        if ok { "ok  " } else { "FAIL" },
+                        l.label(),
+                        t.err_vs_cublas,
+                        t.grid
+                    );
                     if !ok {
                         failures.push(format!("{} batch {batch}: err {err:.3e}", l.label()));
                     }

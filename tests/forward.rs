@@ -8,7 +8,8 @@ use lowbit::tokenizer::Tokenizer;
 fn logits_match_transformers() {
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shared("testdata/stories260K-logits.json")).unwrap()).unwrap();
     let ids: Vec<u32> = j["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let want: Vec<Vec<f64>> = j["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
+    let want: Vec<Vec<f64>> =
+        j["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
     let model = lowbit::qmodel::open(&stories()).unwrap();
     let h = model.hidden(&ids, ids.len()).unwrap();
     let logits = model.logits(&h, ids.len()).unwrap();

@@ -375,10 +375,7 @@ fn hand_built_round_trip() {
     assert_eq!(g.get_f64("e").unwrap(), Some(2.5));
     assert_eq!(g.get_bool("flag").unwrap(), Some(true));
     assert_eq!(g.get_str_array("words").unwrap().unwrap(), ["a", "ünï", ""]);
-    let want = Value::Array(vec![
-        Value::Array(vec![Value::U8(1), Value::U8(2)]),
-        Value::Array(vec![Value::U8(3), Value::U8(4)]),
-    ]);
+    let want = Value::Array(vec![Value::Array(vec![Value::U8(1), Value::U8(2)]), Value::Array(vec![Value::U8(3), Value::U8(4)])]);
     assert_eq!(g.get("nested"), Some(&want));
     assert_eq!(g.tensor_f32("m").unwrap(), (vec![2, 3], m));
     assert_eq!(g.tensor_f32("h").unwrap(), (vec![4], h.to_vec()));
@@ -698,19 +695,14 @@ fn import_errors_name_the_file() {
     assert!(e.contains("weird.gguf") && e.contains("blk.0.weird.weight"), "{e}");
     // Missing required metadata (only needed when no config is given).
     let mut b = Builder::new();
-    b.str("general.architecture", "llama").u32("llama.attention.head_count", 1).f32_tensor(
-        "token_embd.weight",
-        &[1, 1],
-        &[0.0],
-    );
+    b.str("general.architecture", "llama").u32("llama.attention.head_count", 1).f32_tensor("token_embd.weight", &[1, 1], &[0.0]);
     let p = write(dir.path(), "nometa.gguf", &b.build());
     let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default()).unwrap_err().to_string();
     assert!(e.contains("nometa.gguf") && e.contains("llama.embedding_length"), "{e}");
     let opts = ImportOptions { config: Some(stories("config.json")), ..Default::default() };
     import_gguf(&p, &dir.path().join("o"), &opts).unwrap();
     // A missing tokenizer path fails before any output appears.
-    let opts =
-        ImportOptions { tokenizer: Some(dir.path().join("nope.json")), config: opts.config, ..Default::default() };
+    let opts = ImportOptions { tokenizer: Some(dir.path().join("nope.json")), config: opts.config, ..Default::default() };
     let e = format!("{:#}", import_gguf(&p, &dir.path().join("o2"), &opts).unwrap_err());
     assert!(e.contains("nope.json") && !e.contains('\n'), "{e}");
     assert!(!dir.path().join("o2").exists());

@@ -23,9 +23,8 @@ fn layer(seed: u64, out: usize, d: usize, dead: &[usize]) -> (Vec<f32>, Vec<f64>
     let mut h = vec![0f64; d * d];
     for _ in 0..n {
         let z: Vec<f64> = (0..d).map(|_| normal(&mut rng)).collect();
-        let x: Vec<f64> = (0..d)
-            .map(|c| if dead.contains(&c) { 0.0 } else { s[c] * (0..d).map(|k| z[k] * a[k * d + c]).sum::<f64>() })
-            .collect();
+        let x: Vec<f64> =
+            (0..d).map(|c| if dead.contains(&c) { 0.0 } else { s[c] * (0..d).map(|k| z[k] * a[k * d + c]).sum::<f64>() }).collect();
         for i in 0..d {
             for j in 0..d {
                 h[i * d + j] += 2.0 * x[i] * x[j] / n as f64;
@@ -160,7 +159,10 @@ fn matches_column_by_column_reference() {
                     for block in [1usize, 3, 8, 12, 16, 128] {
                         cfg.block = block;
                         let (got, _) = gptq(&w, out, d, &h, &cfg).unwrap();
-                        assert_eq!(got, want, "seed {seed} d {d} bits {bits} sym {sym} act {act_order} static {static_groups} block {block}");
+                        assert_eq!(
+                            got, want,
+                            "seed {seed} d {d} bits {bits} sym {sym} act {act_order} static {static_groups} block {block}"
+                        );
                         cases += 1;
                     }
                 }

@@ -1,9 +1,7 @@
 //! Packed layouts against hand-derived words, exact round trips, the reference matmul and
 //! the refusals.
 
-use lowbit::pack::{
-    bits_per_weight, AwqPacked, GptqPacked, HfQuantMeta, Layout, LowbitModuleMeta, LowbitPacked, Packed, PackedLayout,
-};
+use lowbit::pack::{bits_per_weight, AwqPacked, GptqPacked, HfQuantMeta, Layout, LowbitModuleMeta, LowbitPacked, Packed, PackedLayout};
 use lowbit::quant::{Grid, GroupQ};
 use lowbit::st_write::OutTensor;
 use safetensors::tensor::Dtype;
@@ -55,22 +53,14 @@ fn f16s(t: &OutTensor) -> Vec<f32> {
 /// 8,A,C,E,9,B,D,F -> 0xFDB9ECA8, i=9 nibble p=7 is (7+9)%16 = 0 -> 0x0ECAFDB9, ...
 #[test]
 fn awq_hand_derived() {
-    let q = groupq(
-        8,
-        16,
-        4,
-        8,
-        Grid::Affine,
-        |o, i| ((o + i) % 16) as u8,
-        |o, g| if g == 0 { o as u8 } else { 15 - o as u8 },
-    );
+    let q = groupq(8, 16, 4, 8, Grid::Affine, |o, i| ((o + i) % 16) as u8, |o, g| if g == 0 { o as u8 } else { 15 - o as u8 });
     let p = AwqPacked::pack(&q).unwrap();
     let t = p.to_tensors("m");
     let qw = tensor(&t, "m.qweight");
     assert_eq!(qw.shape, vec![16, 1]);
     let expect: [u32; 16] = [
-        0x75316420, 0x86427531, 0x97538642, 0xA8649753, 0xB975A864, 0xCA86B975, 0xDB97CA86, 0xECA8DB97, 0xFDB9ECA8,
-        0x0ECAFDB9, 0x1FDB0ECA, 0x20EC1FDB, 0x31FD20EC, 0x420E31FD, 0x531F420E, 0x6420531F,
+        0x75316420, 0x86427531, 0x97538642, 0xA8649753, 0xB975A864, 0xCA86B975, 0xDB97CA86, 0xECA8DB97, 0xFDB9ECA8, 0x0ECAFDB9, 0x1FDB0ECA,
+        0x20EC1FDB, 0x31FD20EC, 0x420E31FD, 0x531F420E, 0x6420531F,
     ];
     assert_eq!(i32s(qw), expect);
     // Zeros stored as is. Group 0: z[o] = o -> same as qweight row 0 = 0x75316420.
@@ -95,15 +85,7 @@ fn awq_hand_derived() {
 /// o=1: k=0 1..8 -> 0x87654321, k=1 9..F,0 -> 0x0FEDCBA9. o=9: k=0 9..F,0 -> 0x0FEDCBA9.
 #[test]
 fn gptq4_hand_derived() {
-    let q = groupq(
-        32,
-        32,
-        4,
-        16,
-        Grid::Affine,
-        |o, i| ((i + o) % 16) as u8,
-        |o, g| if g == 0 { (o % 8) as u8 + 1 } else { 8 },
-    );
+    let q = groupq(32, 32, 4, 16, Grid::Affine, |o, i| ((i + o) % 16) as u8, |o, g| if g == 0 { (o % 8) as u8 + 1 } else { 8 });
     let p = GptqPacked::pack(&q).unwrap();
     let t = p.to_tensors("m");
     let qw = tensor(&t, "m.qweight");
@@ -117,10 +99,7 @@ fn gptq4_hand_derived() {
     // in every word; group 1: z-1 = 7 everywhere -> 0x77777777.
     let qz = tensor(&t, "m.qzeros");
     assert_eq!(qz.shape, vec![2, 4]);
-    assert_eq!(
-        i32s(qz),
-        [0x76543210, 0x76543210, 0x76543210, 0x76543210, 0x77777777, 0x77777777, 0x77777777, 0x77777777]
-    );
+    assert_eq!(i32s(qz), [0x76543210, 0x76543210, 0x76543210, 0x76543210, 0x77777777, 0x77777777, 0x77777777, 0x77777777]);
     let gi = tensor(&t, "m.g_idx");
     assert_eq!(i32s(gi), (0..32).map(|i| i / 16).collect::<Vec<u32>>());
     assert_eq!(tensor(&t, "m.scales").shape, vec![2, 32]);
@@ -160,15 +139,7 @@ fn gptq3_hand_derived() {
 /// Row 1 codes 15-c%16: EF CD AB 89 67 45 23 01, EF CD, pad 00 00.
 #[test]
 fn lowbit4_hand_derived() {
-    let q = groupq(
-        2,
-        20,
-        4,
-        8,
-        Grid::Affine,
-        |o, c| if o == 0 { (c % 16) as u8 } else { 15 - (c % 16) as u8 },
-        |o, g| (3 * o + g) as u8,
-    );
+    let q = groupq(2, 20, 4, 8, Grid::Affine, |o, c| if o == 0 { (c % 16) as u8 } else { 15 - (c % 16) as u8 }, |o, g| (3 * o + g) as u8);
     let p = LowbitPacked::pack(&q).unwrap();
     let t = p.to_tensors("m");
     let qw = tensor(&t, "m.qweight");
@@ -201,10 +172,7 @@ fn lowbit3_hand_derived() {
     let t = p.to_tensors("m");
     let qw = tensor(&t, "m.qweight");
     assert_eq!(qw.shape, vec![2, 8]);
-    assert_eq!(
-        qw.data,
-        [0x88, 0xC6, 0xFA, 0x88, 0xC6, 0xFA, 0x88, 0x06, 0x77, 0x39, 0x05, 0x77, 0x39, 0x05, 0x77, 0x09]
-    );
+    assert_eq!(qw.data, [0x88, 0xC6, 0xFA, 0x88, 0xC6, 0xFA, 0x88, 0x06, 0x77, 0x39, 0x05, 0x77, 0x39, 0x05, 0x77, 0x09]);
     // Half-integer grid: no zero points stored.
     assert!(t.iter().all(|x| x.name != "m.qzeros"));
     assert_eq!(p.storage_bits(), 128 + 96);
@@ -231,14 +199,7 @@ impl Rng {
 }
 
 /// A random GroupQ with f16-exact scales; `permute` draws an act-order style g_idx.
-fn random_q(
-    rng: &mut Rng,
-    (out, inf, g): (usize, usize, usize),
-    bits: u8,
-    grid: Grid,
-    zero_range: (u64, u64),
-    permute: bool,
-) -> GroupQ {
+fn random_q(rng: &mut Rng, (out, inf, g): (usize, usize, usize), bits: u8, grid: Grid, zero_range: (u64, u64), permute: bool) -> GroupQ {
     let ng = inf.div_ceil(g);
     let g_idx = permute.then(|| {
         let mut perm: Vec<usize> = (0..inf).collect();
@@ -256,13 +217,7 @@ fn random_q(
         codes: (0..out * inf).map(|_| rng.below(1 << bits) as u8).collect(),
         scales: (0..out * ng).map(|_| half::f16::from_f32(0.01 + rng.f32().abs()).to_f32()).collect(),
         zeros: (0..out * ng)
-            .map(|_| {
-                if grid == Grid::Affine {
-                    (zero_range.0 + rng.below(zero_range.1 - zero_range.0 + 1)) as u8
-                } else {
-                    0
-                }
-            })
+            .map(|_| if grid == Grid::Affine { (zero_range.0 + rng.below(zero_range.1 - zero_range.0 + 1)) as u8 } else { 0 })
             .collect(),
         g_idx,
     }
@@ -316,14 +271,7 @@ fn lowbit_round_trips() {
             for (out, inf, g) in [(5, 37, 8), (8, 64, 64), (3, 20, 128), (4, 1, 1)] {
                 for permute in [false, true] {
                     let q = random_q(&mut rng, (out, inf, g), bits, grid, (0, (1 << bits) - 1), permute);
-                    let meta = LowbitModuleMeta {
-                        bits,
-                        group_size: g,
-                        grid,
-                        method: "test".into(),
-                        in_features: inf,
-                        out_features: out,
-                    };
+                    let meta = LowbitModuleMeta { bits, group_size: g, grid, method: "test".into(), in_features: inf, out_features: out };
                     check_layout::<LowbitPacked>(&q, &meta, &mut rng);
                 }
             }
@@ -363,14 +311,7 @@ fn safetensors_file_round_trip() {
     let mut rng = Rng(99);
     let dir = tempfile::tempdir().unwrap();
     let q = random_q(&mut rng, (32, 64, 16), 4, Grid::Affine, (1, 15), false);
-    let meta = LowbitModuleMeta {
-        bits: 4,
-        group_size: 16,
-        grid: Grid::Affine,
-        method: "rtn".into(),
-        in_features: 64,
-        out_features: 32,
-    };
+    let meta = LowbitModuleMeta { bits: 4, group_size: 16, grid: Grid::Affine, method: "rtn".into(), in_features: 64, out_features: 32 };
     let mut all = Vec::new();
     for (layout, prefix) in [(Layout::Awq, "awq"), (Layout::Gptq, "gptq"), (Layout::Lowbit, "lb")] {
         all.extend(Packed::pack(layout, &q).unwrap().to_tensors(prefix));
@@ -387,14 +328,8 @@ fn safetensors_file_round_trip() {
 
 #[test]
 fn meta_json() {
-    let meta = LowbitModuleMeta {
-        bits: 3,
-        group_size: 128,
-        grid: Grid::HalfInt,
-        method: "statsq".into(),
-        in_features: 20,
-        out_features: 2,
-    };
+    let meta =
+        LowbitModuleMeta { bits: 3, group_size: 128, grid: Grid::HalfInt, method: "statsq".into(), in_features: 20, out_features: 2 };
     let v = serde_json::to_value(&meta).unwrap();
     assert_eq!(
         v,
@@ -446,14 +381,7 @@ fn refusals() {
 #[test]
 fn read_errors_name_the_tensor() {
     let q = groupq(2, 20, 4, 8, Grid::Affine, |_, _| 1, |_, _| 2);
-    let meta = LowbitModuleMeta {
-        bits: 4,
-        group_size: 8,
-        grid: Grid::Affine,
-        method: "rtn".into(),
-        in_features: 20,
-        out_features: 2,
-    };
+    let meta = LowbitModuleMeta { bits: 4, group_size: 8, grid: Grid::Affine, method: "rtn".into(), in_features: 20, out_features: 2 };
     let mut t = LowbitPacked::pack(&q).unwrap().to_tensors("x.y");
     t.retain(|x| x.name != "x.y.qzeros");
     assert_eq!(err(LowbitPacked::from_tensors(&t, "x.y", &meta)), "x.y.qzeros: tensor missing");
@@ -462,13 +390,11 @@ fn read_errors_name_the_tensor() {
 
     let mut t = AwqPacked::pack(&groupq(8, 16, 4, 8, Grid::Affine, |_, _| 1, |_, _| 2)).unwrap().to_tensors("m");
     t.iter_mut().find(|x| x.name == "m.scales").unwrap().dtype = Dtype::BF16;
-    assert!(err(AwqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 8 }))
-        .starts_with("m.scales: dtype BF16"));
+    assert!(err(AwqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 8 })).starts_with("m.scales: dtype BF16"));
 
     // A GPTQ g_idx pointing past the stored groups.
     let mut t = GptqPacked::pack(&groupq(32, 32, 4, 16, Grid::Affine, |_, _| 1, |_, _| 2)).unwrap().to_tensors("m");
     let gi = t.iter_mut().find(|x| x.name == "m.g_idx").unwrap();
     gi.data[..4].copy_from_slice(&7i32.to_le_bytes());
-    assert!(err(GptqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 16 }))
-        .contains("m.g_idx: group index 7"));
+    assert!(err(GptqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 16 })).contains("m.g_idx: group index 7"));
 }

@@ -18,7 +18,19 @@ fn calib() -> String {
 fn quantize(out: &Path, method: &str, bits: u32, extra: &[&str]) {
     let m = stories();
     let b = bits.to_string();
-    let mut args = vec!["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", method, "--bits", &b, "--group-size", "32"];
+    let mut args = vec![
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        method,
+        "--bits",
+        &b,
+        "--group-size",
+        "32",
+    ];
     let c = calib();
     args.extend(["--calib", &c, "--calib-samples", "32", "--calib-seqlen", "256"]);
     args.extend(extra);
@@ -104,7 +116,10 @@ fn bad_quantize_input() {
     expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", empty.to_str().unwrap()], "empty.txt: calibration text is empty");
     let short = tmp.path().join("short.txt");
     std::fs::write(&short, "Once upon a time.").unwrap();
-    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", short.to_str().unwrap(), "--calib-seqlen", "64"], "short.txt: calibration text has");
+    expect_refusal(
+        &["quantize", "--model", m, "--out", o, "--calib", short.to_str().unwrap(), "--calib-seqlen", "64"],
+        "short.txt: calibration text has",
+    );
     std::fs::create_dir_all(&out).unwrap();
     expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "exists (use --force");
 }
@@ -150,7 +165,12 @@ fn statsq_and_shift_at_2_and_3_bits() {
 fn mixed_precision_overrides_and_skip() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mixed");
-    quantize(&out, "rtn", 3, &["--override", "down_proj=rtn:8", "--override", r"layers\.4\.mlp\.down_proj=rtn:4:16", "--skip", r"layers\.0\.self_attn\.q_proj"]);
+    quantize(
+        &out,
+        "rtn",
+        3,
+        &["--override", "down_proj=rtn:8", "--override", r"layers\.4\.mlp\.down_proj=rtn:4:16", "--skip", r"layers\.0\.self_attn\.q_proj"],
+    );
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let m = &cfg["quantization_config"]["modules"];
     assert_eq!(m["model.layers.0.mlp.down_proj"]["bits"], 8);
@@ -172,9 +192,12 @@ fn vptq_about_2_bpw_beats_rtn_2_bit() {
     let (code, out, err) = lowbit(&["inspect", "--model", vq.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let q: Vec<&serde_json::Value> = rep["tensors"].as_array().unwrap().iter().filter(|t| t["dtype"].as_str().unwrap().starts_with("vq ")).collect();
+    let q: Vec<&serde_json::Value> =
+        rep["tensors"].as_array().unwrap().iter().filter(|t| t["dtype"].as_str().unwrap().starts_with("vq ")).collect();
     assert_eq!(q.len(), 35);
-    let (bits, n) = q.iter().fold((0.0, 0.0), |(b, n), t| (b + t["bits_per_weight"].as_f64().unwrap() * t["params"].as_f64().unwrap(), n + t["params"].as_f64().unwrap()));
+    let (bits, n) = q.iter().fold((0.0, 0.0), |(b, n), t| {
+        (b + t["bits_per_weight"].as_f64().unwrap() * t["params"].as_f64().unwrap(), n + t["params"].as_f64().unwrap())
+    });
     let bpw = bits / n;
     assert!((1.9..2.3).contains(&bpw), "VPTQ stored {bpw} bits per weight");
     let rtn = tmp.path().join("rtn2");

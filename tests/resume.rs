@@ -12,7 +12,11 @@ fn args(out: &Path, seed: &str) -> Vec<String> {
     ["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "awq", "--bits", "3", "--group-size", "32"]
         .iter()
         .map(|s| s.to_string())
-        .chain(["--calib", c.to_str().unwrap(), "--calib-samples", "400", "--calib-seqlen", "256", "--seed", seed].iter().map(|s| s.to_string()))
+        .chain(
+            ["--calib", c.to_str().unwrap(), "--calib-samples", "400", "--calib-seqlen", "256", "--seed", seed]
+                .iter()
+                .map(|s| s.to_string()),
+        )
         .collect()
 }
 

@@ -216,8 +216,7 @@ fn random_vq(out: usize, inn: usize, v: usize, k: usize, kr: usize, outl: &[u32]
         outlier_cols: outl.to_vec(),
         outlier_centroids: (!outl.is_empty()).then(|| book(&mut r, ko)),
         n_outlier_centroids: if outl.is_empty() { 0 } else { ko },
-        outlier_indices: (!outl.is_empty())
-            .then(|| (0..outl.len() * nv).map(|_| r.random_range(0..ko as u32)).collect()),
+        outlier_indices: (!outl.is_empty()).then(|| (0..outl.len() * nv).map(|_| r.random_range(0..ko as u32)).collect()),
     }
 }
 
@@ -535,15 +534,8 @@ fn vptq_is_identical_on_one_and_two_threads() {
     let (out, inn) = (96, 160);
     let w = weight(out, inn, 12);
     let h = hessian(inn, 500, 13);
-    let cfg = VptqConfig {
-        vector_len: 4,
-        centroids: 128,
-        res_centroids: 16,
-        outlier_pct: 2.0,
-        normalize: true,
-        seed: 42,
-        ..Default::default()
-    };
+    let cfg =
+        VptqConfig { vector_len: 4, centroids: 128, res_centroids: 16, outlier_pct: 2.0, normalize: true, seed: 42, ..Default::default() };
     let run = |threads: usize| -> (VqQ, VptqReport) {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| vptq(&w, out, inn, &h, &cfg).unwrap())
     };

@@ -8,9 +8,7 @@
 //!
 //! `w[o][i] = (q - z) * s` with the group `i / g`.
 
-use super::{
-    check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, scales_to_f16, shape_of,
-};
+use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, scales_to_f16, shape_of};
 use super::{HfQuantMeta, PackedLayout, TensorSource};
 use crate::quant::{grid_value, Grid, GroupQ};
 use crate::st_write::OutTensor;
@@ -68,10 +66,7 @@ impl PackedLayout for AwqPacked {
         let (o, i, g) = (q.out_features, q.in_features, q.group_size);
         ensure!(q.bits == 4, "AWQ GEMM layout holds 4-bit codes only, got {} bits", q.bits);
         ensure!(q.grid == Grid::Affine, "AWQ GEMM layout holds the affine grid only, got {:?}", q.grid);
-        ensure!(
-            g_idx_is_trivial(q),
-            "AWQ GEMM layout has no g_idx (act-order); this tensor's input columns are permuted"
-        );
+        ensure!(g_idx_is_trivial(q), "AWQ GEMM layout has no g_idx (act-order); this tensor's input columns are permuted");
         ensure!(i % g == 0, "AWQ GEMM layout needs in_features ({i}) divisible by group_size ({g})");
         ensure!(o % 8 == 0, "AWQ GEMM layout needs out_features ({o}) divisible by 8");
         let ng = i / g;

@@ -10,10 +10,7 @@
 //! AutoGPTQ sizes the packed tensors with `in / 32 * bits` and `out / 32 * bits`, so both
 //! dimensions must be multiples of 32. `w[o][i] = (q - z) * s` with the group `g_idx[i]`.
 
-use super::{
-    check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, read_g_idx, scales_to_f16,
-    shape_of,
-};
+use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, read_g_idx, scales_to_f16, shape_of};
 use super::{stream_code, stream_word, HfQuantMeta, PackedLayout, TensorSource};
 use crate::quant::{Grid, GroupQ};
 use crate::st_write::OutTensor;
@@ -72,31 +69,16 @@ impl PackedLayout for GptqPacked {
             "GPTQ v1 layout packs in 32-element runs: in_features ({i}) and out_features ({o}) must be multiples of 32"
         );
         let ng = i.div_ceil(g);
-        ensure!(
-            q.n_groups() == ng,
-            "GPTQ v1 layout stores ceil(in/group_size) = {ng} groups, g_idx uses {}",
-            q.n_groups()
-        );
+        ensure!(q.n_groups() == ng, "GPTQ v1 layout stores ceil(in/group_size) = {ng} groups, g_idx uses {}", q.n_groups());
         if let Some(&z) = q.zeros.iter().find(|&&z| z == 0 || z as usize > 1 << b) {
             bail!("GPTQ v1 layout stores zero-1 in {b} bits, so zero points must be in 1..={}; got {z}", 1 << b);
         }
         let (iw, zw) = (i * b / 32, o * b / 32);
-        let qweight =
-            (0..iw * o).map(|k| stream_word(|c| q.codes[(k % o) * i + c] as u32, i, b, k / o) as i32).collect();
-        let qzeros =
-            (0..ng * zw).map(|k| stream_word(|r| q.zeros[r * ng + k / zw] as u32 - 1, o, b, k % zw) as i32).collect();
+        let qweight = (0..iw * o).map(|k| stream_word(|c| q.codes[(k % o) * i + c] as u32, i, b, k / o) as i32).collect();
+        let qzeros = (0..ng * zw).map(|k| stream_word(|r| q.zeros[r * ng + k / zw] as u32 - 1, o, b, k % zw) as i32).collect();
         let st: Vec<f32> = (0..ng * o).map(|k| q.scales[(k % o) * ng + k / o]).collect();
         let g_idx = (0..i).map(|c| q.group_of(c) as u32).collect();
-        Ok(Self {
-            out_features: o,
-            in_features: i,
-            bits: b as u8,
-            group_size: g,
-            qweight,
-            qzeros,
-            scales: scales_to_f16(&st)?,
-            g_idx,
-        })
+        Ok(Self { out_features: o, in_features: i, bits: b as u8, group_size: g, qweight, qzeros, scales: scales_to_f16(&st)?, g_idx })
     }
 
     fn unpack(&self) -> Result<GroupQ> {
@@ -147,10 +129,7 @@ impl PackedLayout for GptqPacked {
         let sh = shape_of(src, &qw_name)?;
         let &[iw, o] = sh.as_slice() else { bail!("{qw_name}: shape {sh:?} is not 2-D") };
         let (i, g) = (iw * 32 / b, meta.group_size_for(iw * 32 / b));
-        ensure!(
-            iw * 32 % b == 0 && i % 32 == 0 && o % 32 == 0,
-            "{qw_name}: shape {sh:?} is not a {b}-bit GPTQ qweight"
-        );
+        ensure!(iw * 32 % b == 0 && i % 32 == 0 && o % 32 == 0, "{qw_name}: shape {sh:?} is not a {b}-bit GPTQ qweight");
         ensure!(g > 0, "{qw_name}: group_size 0");
         let ng = i.div_ceil(g);
         let qweight = le_i32s(fetch(src, &qw_name, Dtype::I32, &[iw, o])?);
@@ -161,10 +140,7 @@ impl PackedLayout for GptqPacked {
             Some(_) => read_g_idx(fetch(src, &gi_name, Dtype::I32, &[i])?, &gi_name, ng)?,
             None => (0..i).map(|c| (c / g) as u32).collect(),
         };
-        ensure!(
-            g_idx.iter().max().map_or(0, |&m| m as usize + 1) == ng,
-            "{gi_name}: uses fewer than the {ng} stored groups"
-        );
+        ensure!(g_idx.iter().max().map_or(0, |&m| m as usize + 1) == ng, "{gi_name}: uses fewer than the {ng} stored groups");
         Ok(Self { out_features: o, in_features: i, bits: b as u8, group_size: g, qweight, qzeros, scales, g_idx })
     }
 

@@ -119,11 +119,7 @@ impl LowbitPacked {
 
     #[inline]
     fn code(&self, row: &[u8], c: usize) -> u8 {
-        stream_code(
-            |k| u32::from_le_bytes([row[4 * k], row[4 * k + 1], row[4 * k + 2], row[4 * k + 3]]),
-            self.bits as usize,
-            c,
-        ) as u8
+        stream_code(|k| u32::from_le_bytes([row[4 * k], row[4 * k + 1], row[4 * k + 2], row[4 * k + 3]]), self.bits as usize, c) as u8
     }
 
     fn group_of(&self, c: usize) -> usize {
@@ -207,10 +203,7 @@ impl PackedLayout for LowbitPacked {
                 let Some(sc) = src.raw(&sc_name) else { bail!("{sc_name}: tensor missing") };
                 let &[_, ng] = sc.shape.as_slice() else { bail!("{sc_name}: shape {:?} is not 2-D", sc.shape) };
                 let g = read_g_idx(fetch(src, &gi_name, Dtype::I32, &[i])?, &gi_name, ng)?;
-                ensure!(
-                    g.iter().max().map_or(0, |&m| m as usize + 1) == ng,
-                    "{gi_name}: uses fewer groups than {sc_name} holds ({ng})"
-                );
+                ensure!(g.iter().max().map_or(0, |&m| m as usize + 1) == ng, "{gi_name}: uses fewer groups than {sc_name} holds ({ng})");
                 (Some(g), ng)
             }
         };
@@ -220,18 +213,7 @@ impl PackedLayout for LowbitPacked {
             Grid::Affine => Some(fetch(src, &format!("{prefix}.qzeros"), Dtype::U8, &[o, ng])?.to_vec()),
             _ => None,
         };
-        Ok(Self {
-            out_features: o,
-            in_features: i,
-            bits: b,
-            group_size: gs,
-            grid: meta.grid,
-            n_groups: ng,
-            qweight,
-            scales,
-            qzeros,
-            g_idx,
-        })
+        Ok(Self { out_features: o, in_features: i, bits: b, group_size: gs, grid: meta.grid, n_groups: ng, qweight, scales, qzeros, g_idx })
     }
 
     fn dequant_matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {

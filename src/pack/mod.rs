@@ -275,12 +275,7 @@ pub(crate) fn read_g_idx(b: &[u8], name: &str, n_groups: usize) -> Result<Vec<u3
 
 /// `y[rows][out] = x[rows][in] · Wᵀ` where `decode(o, w)` writes row `o` of `W` (`in` values)
 /// into `w`. Parallel over output channels.
-pub(crate) fn matmul_decoded(
-    x: &[f32],
-    rows: usize,
-    (out_f, in_f): (usize, usize),
-    decode: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+pub(crate) fn matmul_decoded(x: &[f32], rows: usize, (out_f, in_f): (usize, usize), decode: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     assert_eq!(x.len(), rows * in_f, "dequant_matmul: x has {} values, expected {rows}x{in_f}", x.len());
     if rows == 0 || out_f == 0 {
         return vec![0.0; rows * out_f];

@@ -148,10 +148,7 @@ impl VqPacked {
     /// cannot hold and a scale without a bias (or the reverse).
     pub fn pack(q: &VqQ) -> Result<Self> {
         q.validate()?;
-        ensure!(
-            q.col_scale.is_some() == q.col_bias.is_some(),
-            "VQ layout stores col_scale and col_bias together; got only one of them"
-        );
+        ensure!(q.col_scale.is_some() == q.col_bias.is_some(), "VQ layout stores col_scale and col_bias together; got only one of them");
         let (i, nv) = (q.in_features, q.vectors_per_col());
         let n_out = q.outlier_cols.len();
         let f16s = |x: &[f32]| scales_to_f16(x);
@@ -216,9 +213,8 @@ impl VqPacked {
 
     pub fn to_tensors(&self, prefix: &str) -> Vec<OutTensor> {
         let (i, v) = (self.in_features, self.vector_len);
-        let idx = |name: &str, p: &PackedIndices, rows: usize| {
-            OutTensor::u8(format!("{prefix}.{name}"), vec![rows, p.row_bytes], p.data.clone())
-        };
+        let idx =
+            |name: &str, p: &PackedIndices, rows: usize| OutTensor::u8(format!("{prefix}.{name}"), vec![rows, p.row_bytes], p.data.clone());
         let book = |name: &str, c: &[f16]| f16_tensor(format!("{prefix}.{name}"), vec![c.len() / v, v], c);
         let mut t = vec![idx("vq_indices", &self.indices, i), book("centroids", &self.centroids)];
         if let (Some(p), Some(c)) = (&self.res_indices, &self.res_centroids) {

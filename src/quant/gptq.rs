@@ -111,7 +111,11 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     let lambda = cfg.damp * (0..n).map(diag).sum::<f64>() / n as f64;
     let hp = Mat::from_fn(n, n, |i, j| {
         let (a, b) = (perm[i], perm[j]);
-        if a == b { diag(a) + lambda } else { h[a * n + b] }
+        if a == b {
+            diag(a) + lambda
+        } else {
+            h[a * n + b]
+        }
     });
     let (l, u) = factor(hp, cfg.damp)?;
 
@@ -119,7 +123,15 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     let refit = !cfg.static_groups;
     let group_at = |j: usize| if refit { j / g } else { perm[j] / g };
     // A whole number of groups per block, so refits see fully updated weights (module docs).
-    let bs = if refit && ng > 1 { if g >= cfg.block { g } else { cfg.block / g * g } } else { cfg.block };
+    let bs = if refit && ng > 1 {
+        if g >= cfg.block {
+            g
+        } else {
+            cfg.block / g * g
+        }
+    } else {
+        cfg.block
+    };
 
     let mut q = GroupQ {
         out_features: out,
@@ -142,10 +154,16 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
             let m = codes.len() / n;
             let w = &w[c * ROWS * n..(c * ROWS + m) * n];
             // This chunk's rows in walk order, dead channels zeroed.
-            let mut wc: Vec<f64> = (0..m * n).map(|k| {
-                let col = perm[k % n];
-                if dead[col] { 0.0 } else { w[k / n * n + col] as f64 }
-            }).collect();
+            let mut wc: Vec<f64> = (0..m * n)
+                .map(|k| {
+                    let col = perm[k % n];
+                    if dead[col] {
+                        0.0
+                    } else {
+                        w[k / n * n + col] as f64
+                    }
+                })
+                .collect();
             let mut params = vec![Params { scale: 1.0, zero: 0 }; m * ng];
             if !refit {
                 for (r, row) in w.chunks(n).enumerate() {
@@ -209,7 +227,10 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     // and H_d = U⁻¹·U⁻ᵀ gives tr(E·H_d·Eᵀ) = ‖Err‖²: GPTQ's own loss, at no extra cost. For RTN,
     // tr(E·H_d·Eᵀ) = ‖E·L‖² with H_d = L·Lᵀ, half the work of E·H.
     let sq_norm = |deq: &[f32]| -> f64 {
-        w.chunks(n).zip(deq.chunks(n)).map(|(a, b)| (0..n).filter(|&i| !dead[i]).map(|i| (a[i] as f64 - b[i] as f64).powi(2)).sum::<f64>()).sum()
+        w.chunks(n)
+            .zip(deq.chunks(n))
+            .map(|(a, b)| (0..n).filter(|&i| !dead[i]).map(|i| (a[i] as f64 - b[i] as f64).powi(2)).sum::<f64>())
+            .sum()
     };
     let h_weighted_error = err_sq.iter().sum::<f64>() - lambda * sq_norm(&q.dequantize());
     let rtn_q = rtn::quantize(w, out, n, bits, g, cfg.sym).dequantize();
@@ -262,7 +283,11 @@ fn l_error(a: &[f32], b: &[f32], perm: &[usize], dead: &[bool], l: &Mat<f64>) ->
             let e: Vec<f64> = (0..m * n)
                 .map(|k| {
                     let c = perm[k % n];
-                    if dead[c] { 0.0 } else { a[k / n * n + c] as f64 - b[k / n * n + c] as f64 }
+                    if dead[c] {
+                        0.0
+                    } else {
+                        a[k / n * n + c] as f64 - b[k / n * n + c] as f64
+                    }
                 })
                 .collect();
             let em = MatRef::from_row_major_slice(&e, m, n);
@@ -272,7 +297,14 @@ fn l_error(a: &[f32], b: &[f32], perm: &[usize], dead: &[bool], l: &Mat<f64>) ->
                 .map(|c0| {
                     let c1 = (c0 + COLS).min(n);
                     let dst = el.as_mut().submatrix_mut(0, 0, m, c1 - c0);
-                    matmul(dst, Accum::Replace, em.submatrix(0, c0, m, n - c0), l.as_ref().submatrix(c0, c0, n - c0, c1 - c0), 1.0, Par::Seq);
+                    matmul(
+                        dst,
+                        Accum::Replace,
+                        em.submatrix(0, c0, m, n - c0),
+                        l.as_ref().submatrix(c0, c0, n - c0, c1 - c0),
+                        1.0,
+                        Par::Seq,
+                    );
                     el.as_ref().submatrix(0, 0, m, c1 - c0).squared_norm_l2()
                 })
                 .sum::<f64>()

@@ -74,18 +74,8 @@ impl Codebook {
                 soa[t * kp + j] = x;
             }
         }
-        let mut cb = Self {
-            dim,
-            k,
-            centroids,
-            soa,
-            kp,
-            m: 0,
-            nbr: Vec::new(),
-            nbr_soa: Vec::new(),
-            cover: Vec::new(),
-            half_gap: vec![0.0; k],
-        };
+        let mut cb =
+            Self { dim, k, centroids, soa, kp, m: 0, nbr: Vec::new(), nbr_soa: Vec::new(), cover: Vec::new(), half_gap: vec![0.0; k] };
         if k > 1 && k <= NBR_MAX_K {
             cb.build_lists();
         }
@@ -245,7 +235,13 @@ fn scan_soa_impl(soa: &[f32], stride: usize, dim: usize, x: &[f32]) -> (u32, f32
         for l in 0..LANES {
             let d = acc[l];
             let better = d < b1[l];
-            b2[l] = if better { b1[l] } else if d < b2[l] { d } else { b2[l] };
+            b2[l] = if better {
+                b1[l]
+            } else if d < b2[l] {
+                d
+            } else {
+                b2[l]
+            };
             b1[l] = if better { d } else { b1[l] };
             bi[l] = if better { (blk * LANES + l) as u32 } else { bi[l] };
         }
@@ -364,11 +360,9 @@ pub fn kmeans(points: &[f32], dim: usize, weights: Option<&[f32]>, cfg: &KMeansC
     let mut upper = vec![0f32; n];
     let mut lower = vec![0f32; n];
     let coarse = Codebook::new(cent[..k.min(64) * dim].to_vec(), dim);
-    labels.par_iter_mut().zip(upper.par_iter_mut()).zip(lower.par_iter_mut()).enumerate().for_each(
-        |(i, ((a, u), l))| {
-            (*a, *u, *l, _) = cb.descend(pt(i), coarse.scan(pt(i)).0);
-        },
-    );
+    labels.par_iter_mut().zip(upper.par_iter_mut()).zip(lower.par_iter_mut()).enumerate().for_each(|(i, ((a, u), l))| {
+        (*a, *u, *l, _) = cb.descend(pt(i), coarse.scan(pt(i)).0);
+    });
     let mut iters_run = 0;
     let mut sums = vec![0f64; k * dim];
     let mut wsum = vec![0f64; k];
@@ -510,8 +504,7 @@ fn dist2(a: &[f32], b: &[f32]) -> f32 {
 /// Moves empty clusters onto the points with the largest weighted error bound (distinct points
 /// with positive error only; a cluster with no such point left keeps its centroid).
 fn reseed(cent: &mut [f32], dim: usize, empty: &[usize], points: &[f32], w: &[f32], upper: &[f32]) {
-    let mut cand: Vec<(f32, usize)> =
-        (0..w.len()).map(|i| (w[i] * upper[i] * upper[i], i)).filter(|&(e, _)| e > 0.0).collect();
+    let mut cand: Vec<(f32, usize)> = (0..w.len()).map(|i| (w[i] * upper[i] * upper[i], i)).filter(|&(e, _)| e > 0.0).collect();
     cand.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     for (&j, &(_, i)) in empty.iter().zip(&cand) {
         cent[j * dim..(j + 1) * dim].copy_from_slice(&points[i * dim..(i + 1) * dim]);
@@ -569,4 +562,3 @@ fn move_and_reassign(
         })
         .sum()
 }
-

@@ -91,7 +91,11 @@ pub fn grid_value(grid: Grid, bits: u8, code: u8, scale: f32, zero: u8) -> f32 {
             let p = (code & ((1u8 << (bits - 1)) - 1)) as i32;
             let neg = code >> (bits - 1) & 1 == 1;
             let v = scale * (-(p as f32)).exp2();
-            if neg { -v } else { v }
+            if neg {
+                -v
+            } else {
+                v
+            }
         }
     }
 }

@@ -75,8 +75,8 @@ pub fn quantize(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: 
             let p = params_of(&row[a..b], bits, sym);
             q.scales[r * ng + g] = p.scale;
             q.zeros[r * ng + g] = p.zero;
-            for c in a..b {
-                q.codes[r * inn + c] = quantize_value(row[c], p, bits);
+            for (code, &w) in q.codes[r * inn + a..r * inn + b].iter_mut().zip(&row[a..b]) {
+                *code = quantize_value(w, p, bits);
             }
         }
     }

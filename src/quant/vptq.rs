@@ -302,9 +302,7 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
     ensure!(n_out < inn, "VPTQ: outlier_pct {} leaves no ordinary columns", cfg.outlier_pct);
     let mut outlier_cols: Vec<u32> = Vec::new();
     if n_out > 0 {
-        let score: Vec<f64> = (0..inn)
-            .map(|i| h[i * inn + i] * (0..out).map(|o| (w[o * inn + i] as f64).powi(2)).sum::<f64>())
-            .collect();
+        let score: Vec<f64> = (0..inn).map(|i| h[i * inn + i] * (0..out).map(|o| (w[o * inn + i] as f64).powi(2)).sum::<f64>()).collect();
         let mut order: Vec<usize> = (0..inn).collect();
         order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
         outlier_cols = order[..n_out].iter().map(|&c| c as u32).collect();
@@ -317,15 +315,8 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
     let main_cols: Vec<usize> = (0..inn).filter(|&c| opos[c] == u32::MAX).collect();
     let n_main_vec = main_cols.len() * nv;
     let k = cfg.centroids;
-    ensure!(
-        k <= n_main_vec,
-        "VPTQ: {k} centroids but only {n_main_vec} vectors of length {v} to quantize ({out}x{inn} weight)"
-    );
-    ensure!(
-        cfg.res_centroids <= n_main_vec,
-        "VPTQ: {} residual centroids but only {n_main_vec} vectors of length {v}",
-        cfg.res_centroids
-    );
+    ensure!(k <= n_main_vec, "VPTQ: {k} centroids but only {n_main_vec} vectors of length {v} to quantize ({out}x{inn} weight)");
+    ensure!(cfg.res_centroids <= n_main_vec, "VPTQ: {} residual centroids but only {n_main_vec} vectors of length {v}", cfg.res_centroids);
     let k_out = cfg.outlier_codebook(out, inn);
     ensure!(k_out <= n_out * nv, "VPTQ: {k_out} outlier centroids but only {} outlier vectors", n_out * nv);
 
@@ -379,7 +370,6 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
     }
     let u = inverse_cholesky_upper(&hn, inn)?;
     drop(hn);
-
 
     // Codebooks by weighted k-means on the (normalised) weight vectors.
     let tk = Instant::now();
@@ -559,8 +549,7 @@ impl Ctx<'_> {
         // Fixed chunking (depends on the shape only): ~16 chunks of at least 8 vectors.
         let cv = nv.div_ceil(16).max(8).min(nv);
         let chunks: Vec<(usize, usize)> = (0..nv.div_ceil(cv)).map(|c| (c * cv, ((c + 1) * cv).min(nv))).collect();
-        let results: Vec<Pass> =
-            chunks.par_iter().map(|&(j0, j1)| self.chunk(wt, books, guess, oguess, j0, j1, want_err)).collect();
+        let results: Vec<Pass> = chunks.par_iter().map(|&(j0, j1)| self.chunk(wt, books, guess, oguess, j0, j1, want_err)).collect();
         let mut p = Pass {
             idx: vec![0; inn * nv],
             ridx: books.res.map(|_| vec![0; inn * nv]),
