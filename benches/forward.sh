@@ -13,8 +13,8 @@ PYTHON=${PYTHON:-python3}
 cargo build --release -q
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 L=$(./target/release/lowbit eval --model "$MODEL" --text "$TEXT" --ctx 2048 --max-windows "$WINDOWS" --json)
-LT=$(echo "$L" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"tokens_per_s\"]:.1f}")')
-LR=$(echo "$L" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"peak_rss_bytes\"]/2**20:.0f}")')
+LT=$(echo "$L" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["tokens_per_s"], 1))')
+LR=$(echo "$L" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["peak_rss_bytes"]/2**20))')
 LP=$(echo "$L" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["ppl"], 4))')
 echo "lowbit        ${LT} tokens/s   peak RSS ${LR} MiB   ppl ${LP}"
 if "$PYTHON" -c 'import torch, transformers' 2>/dev/null; then

@@ -67,11 +67,29 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 /// Inputs below -87 return `e^-87` ≈ 1.6e-38 (treated as zero by every caller).
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Compare-and-select (not `clamp`, whose NaN rules keep the loop scalar).
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    // Round to nearest by the 1.5·2^23 trick: plain adds, so the loop vectorises on baseline
+    // x86-64 (`f32::round` is a libm call there).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+/// Sum with 8 independent accumulators, so the loop vectorises (a plain fold is a serial chain).
+#[inline]
+pub fn sum8(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
 }
 
 #[inline]

@@ -5,7 +5,7 @@
 
 use crate::arch::{Input, LinearSpec};
 use crate::config::ModelConfig;
-use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, Rope};
+use crate::linalg::{exp_fast, sum8, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, Rope};
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
@@ -317,7 +317,7 @@ impl Model {
                     let lim = r0 + i + 1;
                     let mx = row[..lim].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
                     row[..lim].iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
-                    let sum: f32 = row[..lim].iter().sum();
+                    let sum = sum8(&row[..lim]);
                     let inv = 1.0 / sum;
                     row[..lim].iter_mut().for_each(|x| *x *= inv);
                     row[lim..].iter_mut().for_each(|x| *x = 0.0);
