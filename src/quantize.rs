@@ -559,8 +559,8 @@ pub(crate) fn tail_tensors(model: &Model, fd: Dtype) -> Result<Vec<OutTensor>> {
         names.push("lm_head.weight");
     }
     for n in names {
-        let (shape, v) = model.ck.f32(n)?;
-        out.push(OutTensor::float(n, fd, shape, &v));
+        out.push(model.ck.converted(n, fd)?);
+        model.ck.release_pages();
     }
     Ok(out)
 }

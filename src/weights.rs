@@ -147,6 +147,29 @@ impl Checkpoint {
         Ok((info.shape.clone(), v))
     }
 
+    /// A float tensor re-encoded as `dtype` (F32/F16/BF16) for output, element by element: no
+    /// f32 copy of the whole tensor is made (the embedding is the largest tensor of small models).
+    pub fn converted(&self, name: &str, dtype: Dtype) -> Result<crate::st_write::OutTensor> {
+        let (info, bytes) = self.raw(name)?;
+        let p = self.shard_path(info).display();
+        let es = dtype_size(info.dtype).unwrap_or(0);
+        let mut data = Vec::with_capacity(bytes.len() / es.max(1) * dtype_size(dtype).unwrap_or(4));
+        if info.dtype == dtype {
+            data.extend_from_slice(bytes);
+        } else {
+            for chunk in bytes.chunks(es * 4096) {
+                let v = to_f32(info.dtype, chunk).map_err(|e| anyhow!("{p}: tensor {name}: {e}"))?;
+                match dtype {
+                    Dtype::F16 => v.iter().for_each(|&x| data.extend_from_slice(&half::f16::from_f32(x).to_le_bytes())),
+                    Dtype::BF16 => v.iter().for_each(|&x| data.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes())),
+                    Dtype::F32 => v.iter().for_each(|&x| data.extend_from_slice(&x.to_le_bytes())),
+                    d => bail!("{p}: cannot write tensor {name} as {d:?}"),
+                }
+            }
+        }
+        Ok(crate::st_write::OutTensor { name: name.to_string(), dtype, shape: info.shape.clone(), data })
+    }
+
     /// A float tensor that must have exactly `shape`.
     pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (s, v) = self.f32(name)?;
