@@ -5,7 +5,7 @@
 
 use crate::arch::{Input, LinearSpec};
 use crate::config::ModelConfig;
-use crate::linalg::{exp_fast, sum8, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, Rope};
+use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8, Rope};
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;

@@ -67,6 +67,28 @@ pub fn to_gpu(p: &Packed) -> PackedOnGpu {
     }
 }
 
+/// A VQ layer for the GPU runner; `None` when it has outlier columns (the kernel leaves those to
+/// the caller, so there is nothing of the layer's own to compare).
+pub fn vq_to_gpu(v: &crate::pack::vq::VqPacked) -> Option<PackedOnGpu> {
+    if !v.outlier_cols.is_empty() {
+        return None;
+    }
+    Some(PackedOnGpu::Vq {
+        out: v.out_features,
+        in_features: v.in_features,
+        v: v.vector_len,
+        idx_bits: v.indices.bits as u32,
+        indices: v.indices.data.clone(),
+        codebook: v.centroids.clone(),
+        residual: match (&v.res_indices, &v.res_centroids) {
+            (Some(i), Some(c)) => Some(cuda::VqResidual { idx_bits: i.bits as u32, indices: i.data.clone(), codebook: c.clone() }),
+            _ => None,
+        },
+        col_scale: v.col_scale.clone(),
+        col_bias: v.col_bias.clone(),
+    })
+}
+
 /// Verify the packed layers of `dir` whose names match `layers`, at each batch size.
 pub fn verify(dir: &Path, layers: Option<&regex::Regex>, batches: &[usize], on_row: &mut dyn FnMut(&VerifyRow)) -> Result<Vec<VerifyRow>> {
     let cfg = crate::config::ModelConfig::load(&dir.join("config.json"))?;
