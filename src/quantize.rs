@@ -443,7 +443,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         bytes,
         linear_bpw: lin_bits as f64 / lin_weights.max(1) as f64,
         model_bpw: 8.0 * bytes as f64 / params.max(1) as f64,
-        quantized_linears: meta.modules.len() + meta.vq_modules.len(),
+        quantized_linears: plans.iter().flatten().filter(|p| p.is_some()).count(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
     };
