@@ -222,3 +222,22 @@ fn gptq_3_bit_beats_rtn() {
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
     assert!(st.names().iter().any(|n| n.ends_with(".g_idx")));
 }
+
+#[test]
+fn dry_run_predicts_the_size_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let m = stories();
+    let (code, dry, err) =
+        lowbit(&["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--bits", "3", "--group-size", "32", "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.exists());
+    let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    let (code, real, _) = lowbit(&["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--bits", "3", "--group-size", "32", "--json"]);
+    assert_eq!(code, 0);
+    let real: serde_json::Value = serde_json::from_str(&real).unwrap();
+    assert_eq!(dry["bytes"], real["bytes"]);
+    assert_eq!(dry["linear_bpw"], real["linear_bpw"]);
+    let on_disk = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
+    assert!(on_disk >= real["bytes"].as_u64().unwrap(), "tensor bytes exceed the file");
+}
