@@ -42,6 +42,13 @@ pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize
     if ids.len() < seqlen {
         bail!("{}: calibration text has {} tokens, fewer than one sample of --calib-seqlen {seqlen}", path.display(), ids.len());
     }
+    if ids.len() < samples * seqlen {
+        eprintln!(
+            "warning: {}: {} tokens is less than --calib-samples {samples} × --calib-seqlen {seqlen}; the {samples} windows will overlap",
+            path.display(),
+            ids.len()
+        );
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(samples * seqlen);
     for _ in 0..samples {

@@ -169,3 +169,28 @@ fn verify_without_gpu_exits_3() {
     // A plain checkpoint is refused as such, before the GPU question.
     expect_error(&["verify", "--model", m.to_str().unwrap()], &["not a quantized checkpoint"]);
 }
+
+#[test]
+fn non_finite_weight_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(stories().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<lowbit::st_write::OutTensor> = st
+        .names()
+        .iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            lowbit::st_write::OutTensor { name: n.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() }
+        })
+        .collect();
+    let up = tensors.iter_mut().find(|t| t.name == "model.layers.2.mlp.up_proj.weight").unwrap();
+    up.data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let d = model_dir(tmp.path(), "nan", &[]);
+    lowbit::st_write::write_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
+    let out = tmp.path().join("q");
+    expect_error(
+        &["quantize", "--model", d.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn"],
+        &["model.layers.2.mlp.up_proj.weight", "non-finite"],
+    );
+    assert!(!out.exists());
+}

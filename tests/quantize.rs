@@ -228,12 +228,38 @@ fn dry_run_predicts_the_size_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");
     let m = stories();
-    let (code, dry, err) =
-        lowbit(&["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--bits", "3", "--group-size", "32", "--dry-run", "--json"]);
+    let (code, dry, err) = lowbit(&[
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--bits",
+        "3",
+        "--group-size",
+        "32",
+        "--dry-run",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.exists());
     let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
-    let (code, real, _) = lowbit(&["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--bits", "3", "--group-size", "32", "--json"]);
+    let (code, real, _) = lowbit(&[
+        "quantize",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--bits",
+        "3",
+        "--group-size",
+        "32",
+        "--json",
+    ]);
     assert_eq!(code, 0);
     let real: serde_json::Value = serde_json::from_str(&real).unwrap();
     assert_eq!(dry["bytes"], real["bytes"]);
