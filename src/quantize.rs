@@ -171,6 +171,9 @@ pub struct Options {
     pub vptq: vptq::VptqConfig,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
     pub act_order: bool,
+    /// Feed later layers the float layer's outputs even for GPTQ/VPTQ (one forward per layer
+    /// instead of two; the default re-runs each layer with its quantized weights).
+    pub propagate_fp: bool,
     /// GPTQ with act-order: group parameters from the natural column groups (no g_idx).
     pub static_groups: bool,
 }
@@ -601,7 +604,7 @@ fn run(
         check_finite_layer(&lw)?;
         // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
         let calibrate = seqlen > 0 && !dry_run;
-        let propagate = calibrate && plan.iter().flatten().any(|p| p.method.propagates_quantized());
+        let propagate = calibrate && !o.propagate_fp && plan.iter().flatten().any(|p| p.method.propagates_quantized());
         let h_in = if propagate { Some(h.clone()) } else { None };
         let stats = if calibrate {
             let (st, t) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
@@ -618,9 +621,7 @@ fn run(
                     l.w = q.dequantize();
                 }
             }
-            let t = Instant::now();
             model.forward_layer(&lw, &mut hi, seqlen, &mut |_, _, _| {});
-            fwd += t.elapsed().as_secs_f64();
             h = hi;
         }
         lin_bits += r.bits;
@@ -754,7 +755,7 @@ fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> 
         o.seed
     );
     h.update(opts.as_bytes());
-    h.update(format!("{:?}|{}|{}", o.vptq, o.act_order, o.static_groups).as_bytes());
+    h.update(format!("{:?}|{}|{}|{}", o.vptq, o.act_order, o.static_groups, o.propagate_fp).as_bytes());
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
