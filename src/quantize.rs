@@ -586,9 +586,6 @@ fn run(
     let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd) = match resume {
         Some(st) => {
             let ck = ckpt.expect("resume needs a checkpoint directory");
-            for i in 0..st.layers_done {
-                out.extend(ck.read_layer(i)?);
-            }
             let h = if seqlen > 0 { ck.read_hidden(tokens.len() * c.hidden_size)? } else { Vec::new() };
             eprintln!("resuming after layer {} of {}", st.layers_done, c.num_layers);
             (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds)
@@ -637,10 +634,18 @@ fn run(
                 &h,
                 &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd },
             )?;
+        } else {
+            out.extend(r.tensors);
         }
-        out.extend(r.tensors);
     }
+    drop(h);
     progress(c.num_layers, c.num_layers, "writing");
+    // With checkpoints the packed layers live on disk during the run and are read back once here.
+    if let Some(ck) = ckpt {
+        for i in 0..c.num_layers {
+            out.extend(ck.read_layer(i)?);
+        }
+    }
     out.extend(tail_tensors(model, o.float_dtype)?);
     Ok((out, meta, lin_bits, lin_weights, fwd))
 }
