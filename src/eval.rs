@@ -89,9 +89,14 @@ pub struct EvalResult {
 
 /// Log-softmax of a logits row, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx;
+    let lse = log_sum_exp(row);
     row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// `ln Σ e^x` of a logits row, in f64, shifted by the max for stability.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -106,9 +111,7 @@ pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 
 /// Log-softmax of one logits row at `target`, in f64.
 pub fn nll_of(row: &[f32], target: usize) -> f64 {
-    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx;
-    lse - row[target] as f64
+    log_sum_exp(row) - row[target] as f64
 }
 
 /// Rows of logits computed at a time (bounds memory to `LOGIT_ROWS × vocab`).

@@ -401,7 +401,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         _ => (Vec::new(), 0),
     };
     let tmp = partial_dir(&o.out);
-    let fp = fingerprint(model_dir, o, &tokens)?;
+    let fp = fingerprint(model_dir, &model.ck, o, &tokens)?;
     let mut resume_from = None;
     if !dry_run {
         if o.resume && tmp.exists() {
@@ -727,14 +727,13 @@ fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
 
 /// A digest of everything the output depends on: the model's config and tensor headers, the
 /// calibration tokens and every option. A resume with other inputs is refused.
-fn fingerprint(model_dir: &Path, o: &Options, tokens: &[u32]) -> Result<String> {
+fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, tokens: &[u32]) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(
         std::fs::read(model_dir.join("config.json"))
             .with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?,
     );
-    let ck = crate::weights::Checkpoint::open(model_dir)?;
     for (name, info) in ck.tensors() {
         h.update(format!("{name}:{:?}:{:?};", info.dtype, info.shape));
     }
