@@ -1,15 +1,23 @@
 //! Calibration samples: deterministic windows of tokens drawn from a text or JSONL file.
 
 use crate::tokenizer::Tokenizer;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 
+/// Read a UTF-8 text file with universal newlines (`\r\n` and lone `\r` become `\n`), as
+/// Python's `open().read()` does: reference perplexities are computed on that string.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let s = String::from_utf8(bytes).map_err(|e| anyhow!("{}: not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+    Ok(if s.contains('\r') { s.replace("\r\n", "\n").replace('\r', "\n") } else { s })
+}
+
 /// The text of a calibration file: plain text, or JSONL with a `text` field per line
 /// (recognised by a `.jsonl` extension).
 pub fn read_calib_text(path: &Path) -> Result<String> {
-    let text = crate::cli::read_text(path)?;
+    let text = read_text(path)?;
     if path.extension().is_some_and(|e| e == "jsonl") {
         let mut out = String::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -60,6 +60,11 @@ impl Checkpointer {
         self.dir.join(format!("layer-{i:04}.safetensors"))
     }
 
+    /// Write layer `i`'s tensors only (no hidden states, no state: a run that cannot resume).
+    pub fn write_tensors(&self, i: usize, tensors: &[OutTensor]) -> Result<()> {
+        write_safetensors(&self.layer_path(i), tensors, None)
+    }
+
     /// Commit layer `i`: its tensors, the hidden states after it, then the state.
     pub fn write_layer(&self, i: usize, tensors: &[&OutTensor], hidden: &[f32], state: &State) -> Result<()> {
         let owned: Vec<OutTensor> = tensors

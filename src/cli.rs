@@ -4,10 +4,10 @@ use crate::eval::{self, Convention};
 use crate::mem::fmt_bytes;
 use crate::quantize::{Format, Method};
 use crate::tokenizer::Tokenizer;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Post-training quantization of LLM checkpoints on the CPU", long_about = None)]
@@ -34,6 +34,14 @@ pub enum Cmd {
     ///
     /// Example: lowbit quantize --model smollm2 --out smollm2-awq-w4 --method awq --bits 4 --calib ptb.valid.txt
     Quantize(QuantizeArgs),
+    /// Quantize with every method × bit width from one calibration pass, score each against the
+    /// float model (ppl, KL divergence, top-1 agreement), and write results.json, results.md and
+    /// plot.svg.
+    ///
+    /// Statistics are gathered once per layer on the float model's activations and shared by
+    /// every combination. Example: lowbit sweep --model smollm2 --methods rtn,awq,gptq --bits 3,4
+    /// --calib ptb.valid.txt --eval-text wikitext2-test.txt --max-windows 16 --out sweep
+    Sweep(SweepArgs),
     /// Check every packed layer's CUDA kernel against the CPU reference and time it vs cuBLAS.
     ///
     /// Needs an NVIDIA GPU (libcuda loaded at run time); without one it says so and exits with
@@ -45,20 +53,12 @@ pub enum Cmd {
     ImportGguf(ImportArgs),
 }
 
+/// Settings shared by `quantize` and `sweep`.
 #[derive(Args)]
-pub struct QuantizeArgs {
+pub struct QuantSettings {
     /// Checkpoint directory to quantize (config.json, tokenizer.json, *.safetensors).
     #[arg(long)]
     pub model: PathBuf,
-    /// Output directory (must not exist unless --force).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Quantization method (see docs/ and `lowbit quantize --help`).
-    #[arg(long, value_enum, default_value_t = Method::Awq)]
-    pub method: Method,
-    /// Bits per weight code (2..8).
-    #[arg(long, default_value_t = 4)]
-    pub bits: u8,
     /// Input channels per quantization group (the last group of a row may be shorter).
     #[arg(long, default_value_t = 128)]
     pub group_size: usize,
@@ -74,12 +74,9 @@ pub struct QuantizeArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 512)]
     pub calib_seqlen: usize,
-    /// Seed of the calibration sampling.
+    /// Seed of the calibration sampling (and of VPTQ's k-means).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output layout.
-    #[arg(long, value_enum, default_value_t = Format::Lowbit)]
-    pub format: Format,
     /// Float type of embeddings, norms and lm_head.
     #[arg(long, value_enum, default_value_t = FloatType::F16)]
     pub float_dtype: FloatType,
@@ -96,17 +93,13 @@ pub struct QuantizeArgs {
     /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
     #[arg(long)]
     pub act_order: bool,
-    /// GPTQ/VPTQ: calibrate later layers on the float model's activations instead of re-running
-    /// each quantized layer (about 1 FP forward less; the default is GPTQ's sequential scheme).
-    #[arg(long)]
-    pub propagate_fp: bool,
     /// GPTQ with --act-order: fix group parameters on the natural column groups (no g_idx).
     #[arg(long)]
     pub static_groups: bool,
-    /// VPTQ: vector length along the output dimension.
+    /// VPTQ: vector length along the output dimension (sweep: chosen from --bits).
     #[arg(long, default_value_t = 4)]
     pub vector_len: usize,
-    /// VPTQ: centroids of the main codebook (index bits = log2).
+    /// VPTQ: centroids of the main codebook (index bits = log2; sweep: chosen from --bits).
     #[arg(long, default_value_t = 256)]
     pub centroids: usize,
     /// VPTQ: centroids of the residual codebook (0 = none).
@@ -121,17 +114,114 @@ pub struct QuantizeArgs {
     /// VPTQ: per-input-channel normalisation before clustering.
     #[arg(long)]
     pub vq_normalize: bool,
-    /// Print the output size and bits per weight without quantizing.
-    #[arg(long)]
-    pub dry_run: bool,
     /// Replace the output directory if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+impl QuantSettings {
+    /// Library options for one method and bit width.
+    fn options(&self, method: Method, bits: u8, out: PathBuf, format: Format) -> Result<crate::quantize::Options> {
+        Ok(crate::quantize::Options {
+            method,
+            bits,
+            group_size: self.group_size,
+            sym: self.sym,
+            calib: self.calib.clone(),
+            calib_samples: self.calib_samples,
+            calib_seqlen: self.calib_seqlen,
+            seed: self.seed,
+            format,
+            out,
+            force: self.force,
+            float_dtype: self.float_dtype.dtype(),
+            search_tokens: self.search_tokens,
+            overrides: self.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
+            resume: false,
+            act_order: self.act_order,
+            propagate_fp: false,
+            static_groups: self.static_groups,
+            vptq: crate::quant::vptq::VptqConfig {
+                vector_len: self.vector_len,
+                centroids: self.centroids,
+                res_centroids: self.res_centroids,
+                outlier_pct: self.outlier_pct,
+                kmeans_iters: self.kmeans_iters,
+                seed: self.seed,
+                normalize: self.vq_normalize,
+                ..Default::default()
+            },
+            skip: self
+                .skip
+                .iter()
+                .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}")))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    pub q: QuantSettings,
+    /// Output directory (must not exist unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Quantization method (see docs/ and `lowbit quantize --help`).
+    #[arg(long, value_enum, default_value_t = Method::Awq)]
+    pub method: Method,
+    /// Bits per weight code (2..8).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = Format::Lowbit)]
+    pub format: Format,
+    /// GPTQ/VPTQ: calibrate later layers on the float model's activations instead of re-running
+    /// each quantized layer (about 1 FP forward less; the default is GPTQ's sequential scheme).
+    #[arg(long)]
+    pub propagate_fp: bool,
+    /// Print the output size and bits per weight without quantizing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
     /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub q: QuantSettings,
+    /// Output directory: results.json, results.md, plot.svg and one checkpoint per combination.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Methods, comma-separated (any of `lowbit quantize --method`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Method::Rtn, Method::Awq, Method::Gptq])]
+    pub methods: Vec<Method>,
+    /// Bit widths, comma-separated. VPTQ maps 2/3/4 bits to vector length and codebook size
+    /// (v4 k256, v3 k512, v2 k256).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4])]
+    pub bits: Vec<u8>,
+    /// Text to score (never the calibration text).
+    #[arg(long)]
+    pub eval_text: PathBuf,
+    /// Tokens per eval window.
+    #[arg(long, default_value_t = 2048)]
+    pub eval_ctx: usize,
+    /// Eval convention (see `lowbit eval --help`).
+    #[arg(long, value_enum, default_value_t = Convention::Windows)]
+    pub convention: Convention,
+    /// Score at most this many windows from the start.
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+    /// Delete each quantized checkpoint after scoring it (keep only the reports).
+    #[arg(long)]
+    pub discard_models: bool,
+    /// Print results.json on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -232,14 +322,6 @@ pub fn progress(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
-/// Read a UTF-8 text file with universal newlines (`\r\n` and lone `\r` become `\n`), as
-/// Python's `open().read()` does: reference perplexities are computed on that string.
-pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let s = String::from_utf8(bytes).map_err(|e| anyhow!("{}: not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
-    Ok(if s.contains('\r') { s.replace("\r\n", "\n").replace('\r', "\n") } else { s })
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().ok();
@@ -249,6 +331,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Quantize(a) => cmd_quantize(a),
         Cmd::Verify(a) => cmd_verify(a),
+        Cmd::Sweep(a) => cmd_sweep(a),
         Cmd::ImportGguf(a) => {
             let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
             let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
@@ -261,7 +344,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let model = crate::qmodel::open(&a.model)?;
     let tok = Tokenizer::from_dir(&a.model)?;
-    let text = read_text(&a.text)?;
+    let text = crate::calib::read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
     let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
     let pb = progress(w.windows.len() as u64, "eval");
@@ -300,43 +383,11 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    let o = crate::quantize::Options {
-        method: a.method,
-        bits: a.bits,
-        group_size: a.group_size,
-        sym: a.sym,
-        calib: a.calib,
-        calib_samples: a.calib_samples,
-        calib_seqlen: a.calib_seqlen,
-        seed: a.seed,
-        format: a.format,
-        out: a.out,
-        force: a.force,
-        float_dtype: a.float_dtype.dtype(),
-        search_tokens: a.search_tokens,
-        overrides: a.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
-        resume: a.resume,
-        act_order: a.act_order,
-        propagate_fp: a.propagate_fp,
-        static_groups: a.static_groups,
-        vptq: crate::quant::vptq::VptqConfig {
-            vector_len: a.vector_len,
-            centroids: a.centroids,
-            res_centroids: a.res_centroids,
-            outlier_pct: a.outlier_pct,
-            kmeans_iters: a.kmeans_iters,
-            seed: a.seed,
-            normalize: a.vq_normalize,
-            ..Default::default()
-        },
-        skip: a
-            .skip
-            .iter()
-            .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}")))
-            .collect::<Result<_>>()?,
-    };
+    let mut o = a.q.options(a.method, a.bits, a.out.clone(), a.format)?;
+    o.resume = a.resume;
+    o.propagate_fp = a.propagate_fp;
     let mut pb: Option<ProgressBar> = None;
-    let s = crate::quantize::quantize(&a.model, &o, a.dry_run, &mut |i, n, msg| {
+    let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
         let p = pb.get_or_insert_with(|| progress(n as u64, msg));
         p.set_message(msg.to_string());
         p.set_position(i as u64);
@@ -403,6 +454,45 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
     let worst = rows.iter().map(|r| r.max_rel_err).fold(0f64, f64::max);
     if worst > 1e-2 {
         return Err(anyhow!("{}: a kernel differs from the CPU reference by {worst:.3e} (> 1e-2)", a.model.display()));
+    }
+    Ok(())
+}
+
+fn cmd_sweep(a: SweepArgs) -> Result<()> {
+    let first = *a.methods.first().ok_or_else(|| anyhow!("--methods: give at least one method"))?;
+    let base =
+        a.q.options(first, *a.bits.first().ok_or_else(|| anyhow!("--bits: give at least one bit width"))?, a.out.clone(), Format::Lowbit)?;
+    let s = crate::sweep::SweepOptions {
+        base,
+        methods: a.methods,
+        bits: a.bits,
+        eval_text: a.eval_text,
+        eval_ctx: a.eval_ctx,
+        convention: a.convention,
+        max_windows: a.max_windows,
+        discard_models: a.discard_models,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let mut pb: Option<(ProgressBar, String)> = None;
+    let r = crate::sweep::sweep(&a.q.model, &s, &mut |i, n, msg| {
+        if pb.as_ref().is_none_or(|(_, m)| m != msg) {
+            if let Some((p, _)) = pb.take() {
+                p.finish_and_clear();
+            }
+            pb = Some((progress(n as u64, msg), msg.to_string()));
+        }
+        if let Some((p, _)) = &pb {
+            p.set_position(i as u64);
+        }
+    })?;
+    if let Some((p, _)) = pb {
+        p.finish_and_clear();
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::sweep::markdown(&r));
+        println!("\nwrote {}/results.json, results.md, plot.svg", a.out.display());
     }
     Ok(())
 }

@@ -132,50 +132,94 @@ fn chunk_logits(model: &Model, h: &[f32], chunk: &[usize]) -> Result<Vec<f32>> {
 /// As [`perplexity`], and with a reference model also the streamed KL divergence and top-1
 /// agreement against it (full logits are never stored: 256 rows at a time).
 pub fn perplexity_vs(model: &Model, reference: Option<&Model>, w: &Windows, on_window: &mut dyn FnMut(usize)) -> Result<EvalResult> {
-    let t0 = Instant::now();
-    let vocab = model.cfg.vocab_size;
-    if let Some(r) = reference {
-        if r.cfg.vocab_size != vocab {
-            bail!("{}: reference vocab_size {} differs from the model's {vocab}", r.ck.dir.display(), r.cfg.vocab_size);
+    let (_, mut r) = perplexity_many(reference, &[model], w, on_window)?;
+    Ok(r.remove(0))
+}
+
+/// Running sums of one model's scores.
+#[derive(Default)]
+struct Acc {
+    nll: f64,
+    kld: f64,
+    agree: usize,
+    seconds: f64,
+}
+
+/// Score several models on the same windows in one pass: the reference (if any) runs once per
+/// window and every model's KL divergence and top-1 agreement against it are streamed, 256 logit
+/// rows at a time. Returns the reference's own result and one result per model.
+pub fn perplexity_many(
+    reference: Option<&Model>,
+    models: &[&Model],
+    w: &Windows,
+    on_window: &mut dyn FnMut(usize),
+) -> Result<(Option<EvalResult>, Vec<EvalResult>)> {
+    let vocab = reference.map_or_else(|| models.first().map_or(0, |m| m.cfg.vocab_size), |r| r.cfg.vocab_size);
+    for m in models {
+        if m.cfg.vocab_size != vocab {
+            bail!("{}: vocab_size {} differs from the reference's {vocab}", m.ck.dir.display(), m.cfg.vocab_size);
         }
     }
-    let (mut total, mut kld, mut agree) = (0f64, 0f64, 0usize);
+    let mut ref_acc = Acc::default();
+    let mut accs: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     let mut count = 0usize;
+    let positions: Vec<usize> = (w.first..w.ctx - 1).collect();
     for (wi, win) in w.windows.iter().enumerate() {
-        let h = model.hidden(win, w.ctx)?;
+        let t = Instant::now();
         let href = reference.map(|r| r.hidden(win, w.ctx)).transpose()?;
-        let positions: Vec<usize> = (w.first..w.ctx - 1).collect();
+        ref_acc.seconds += t.elapsed().as_secs_f64();
+        let mut hs = Vec::with_capacity(models.len());
+        for (m, a) in models.iter().zip(&mut accs) {
+            let t = Instant::now();
+            hs.push(m.hidden(win, w.ctx)?);
+            a.seconds += t.elapsed().as_secs_f64();
+        }
         for chunk in positions.chunks(LOGIT_ROWS) {
-            let logits = chunk_logits(model, &h, chunk)?;
+            let t = Instant::now();
             let rlogits = match (reference, &href) {
                 (Some(r), Some(hr)) => Some(chunk_logits(r, hr, chunk)?),
                 _ => None,
             };
-            for (r, &j) in chunk.iter().enumerate() {
-                let row = &logits[r * vocab..(r + 1) * vocab];
-                total += nll_of(row, win[j + 1] as usize);
-                if let Some(rl) = &rlogits {
-                    let rrow = &rl[r * vocab..(r + 1) * vocab];
-                    kld += kl_div(rrow, row);
-                    agree += (argmax(rrow) == argmax(row)) as usize;
+            if let Some(rl) = &rlogits {
+                for (r, &j) in chunk.iter().enumerate() {
+                    ref_acc.nll += nll_of(&rl[r * vocab..(r + 1) * vocab], win[j + 1] as usize);
                 }
-                count += 1;
+            }
+            ref_acc.seconds += t.elapsed().as_secs_f64();
+            for ((m, h), a) in models.iter().zip(&hs).zip(&mut accs) {
+                let t = Instant::now();
+                let logits = chunk_logits(m, h, chunk)?;
+                for (r, &j) in chunk.iter().enumerate() {
+                    let row = &logits[r * vocab..(r + 1) * vocab];
+                    a.nll += nll_of(row, win[j + 1] as usize);
+                    if let Some(rl) = &rlogits {
+                        let rrow = &rl[r * vocab..(r + 1) * vocab];
+                        a.kld += kl_div(rrow, row);
+                        a.agree += (argmax(rrow) == argmax(row)) as usize;
+                    }
+                }
+                a.seconds += t.elapsed().as_secs_f64();
             }
         }
+        count += positions.len();
         on_window(wi + 1);
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let mean = total / count as f64;
-    Ok(EvalResult {
-        ppl: mean.exp(),
-        mean_nll: mean,
-        tokens_scored: count,
-        windows: w.windows.len(),
-        ctx: w.ctx,
-        tokens_per_s: (w.windows.len() * w.ctx) as f64 / secs,
-        seconds: secs,
-        peak_rss_bytes: crate::mem::peak_rss_bytes(),
-        kld: reference.map(|_| kld / count as f64),
-        top1_agreement: reference.map(|_| agree as f64 / count as f64),
-    })
+    let tokens = w.windows.len() * w.ctx;
+    let result = |a: &Acc, with_ref: bool| {
+        let mean = a.nll / count as f64;
+        EvalResult {
+            ppl: mean.exp(),
+            mean_nll: mean,
+            tokens_scored: count,
+            windows: w.windows.len(),
+            ctx: w.ctx,
+            tokens_per_s: tokens as f64 / a.seconds,
+            seconds: a.seconds,
+            peak_rss_bytes: crate::mem::peak_rss_bytes(),
+            kld: with_ref.then(|| a.kld / count as f64),
+            top1_agreement: with_ref.then(|| a.agree as f64 / count as f64),
+        }
+    };
+    let has_ref = reference.is_some();
+    Ok((has_ref.then(|| result(&ref_acc, false)), accs.iter().map(|a| result(a, has_ref)).collect()))
 }

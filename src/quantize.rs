@@ -73,7 +73,7 @@ impl Method {
     }
 
     /// Statistics this method reads from the calibration pass.
-    fn needs(self, o: &Options) -> Needs {
+    pub(crate) fn needs(self, o: &Options) -> Needs {
         let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
@@ -349,26 +349,10 @@ fn quantize_layer(
     Ok(out)
 }
 
-/// The temporary directory a run writes into, beside the output.
-pub fn partial_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.lowbit-partial"))
-}
-
-pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
-    validate(o)?;
-    let t0 = Instant::now();
-    let model = Model::open_dense(model_dir)?;
-    if model.cfg.raw.get("quantization_config").is_some() {
-        bail!("{}: already quantized (has quantization_config)", model_dir.display());
-    }
-    if !dry_run && o.out.exists() && !o.force {
-        bail!("{}: output directory exists (use --force to replace it)", o.out.display());
-    }
-    let tok = Tokenizer::from_dir(model_dir)?;
-    let c = model.cfg.clone();
-    // Every linear's plan; those the layout cannot hold are kept in float (and listed in
-    // modules_to_not_convert), decided before any work.
+/// Every linear's plan, layer by layer. Linears the layout cannot hold are kept in float (and
+/// listed in modules_to_not_convert), with one warning per kind; decided before any work.
+pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<LinearPlan>>>> {
+    let c = &model.cfg;
     let mut plans: Vec<Vec<Option<LinearPlan>>> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     for i in 0..c.num_layers {
@@ -395,6 +379,27 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     if plans.iter().flatten().all(Option::is_none) {
         bail!("nothing to quantize: every linear is skipped or does not fit --format {:?}", o.format);
     }
+    Ok(plans)
+}
+
+/// The temporary directory a run writes into, beside the output.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    out.with_file_name(format!(".{name}.lowbit-partial"))
+}
+
+pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
+    validate(o)?;
+    let t0 = Instant::now();
+    let model = Model::open_dense(model_dir)?;
+    if model.cfg.raw.get("quantization_config").is_some() {
+        bail!("{}: already quantized (has quantization_config)", model_dir.display());
+    }
+    if !dry_run && o.out.exists() && !o.force {
+        bail!("{}: output directory exists (use --force to replace it)", o.out.display());
+    }
+    let tok = Tokenizer::from_dir(model_dir)?;
+    let plans = plan_layers(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
         (Some(p), n) if n.any() => (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen),
@@ -701,6 +706,7 @@ pub(crate) fn write_output(
         let src = model_dir.join(f);
         if src.exists() {
             std::fs::copy(&src, tmp.join(f)).with_context(|| format!("{}: cannot copy", src.display()))?;
+            crate::st_write::plain_permissions(&tmp.join(f))?;
         }
     }
     checkpoint::remove_checkpoints(tmp)?;
@@ -718,7 +724,7 @@ fn check_finite(v: &[f32], what: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
+pub(crate) fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
     for l in &lw.linears {
         check_finite(&l.w, &format!("model.layers.{}.{}.weight", lw.index, l.spec.name))?;
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// One tensor to write.
+#[derive(Clone)]
 pub struct OutTensor {
     pub name: String,
     pub dtype: Dtype,
@@ -54,6 +55,7 @@ pub fn write_safetensors(path: &Path, tensors: &[OutTensor], metadata: Option<Ha
         .collect::<Result<_>>()?;
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(views, metadata, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    plain_permissions(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
@@ -65,5 +67,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+/// rw-r--r-- (less the umask's bits): the safetensors writer creates files owner-only, and copies
+/// of read-only inputs (tokenizer files) would stay read-only.
+pub fn plain_permissions(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("{}: cannot set permissions", path.display()))?;
+    }
     Ok(())
 }

@@ -26,6 +26,13 @@ pub struct TensorInfo {
     end: usize,
 }
 
+impl TensorInfo {
+    /// Stored size in bytes.
+    pub fn nbytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
 /// Little-endian F32/F16/BF16 bytes as f32 values.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {

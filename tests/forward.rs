@@ -30,7 +30,7 @@ fn logits_match_transformers() {
 fn tinystories_ppl_matches_transformers() {
     let model = lowbit::qmodel::open(&stories()).unwrap();
     let tok = Tokenizer::from_dir(&stories()).unwrap();
-    let text = lowbit::cli::read_text(&tinystories_text()).unwrap();
+    let text = lowbit::calib::read_text(&tinystories_text()).unwrap();
     let w = make_windows(&tok, &text, "tinystories", 256, Convention::Windows, None).unwrap();
     let r = perplexity(&model, &w, &mut |_| {}).unwrap();
     eprintln!("ppl {}", r.ppl);

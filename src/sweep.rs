@@ -1,0 +1,433 @@
+//! `lowbit sweep`: every (method, bits) combination from one calibration pass, scored on the
+//! same eval windows in one pass, reported as results.json, results.md and plot.svg.
+//!
+//! Calibration statistics are collected once per layer, on the float model's activations
+//! (AutoAWQ's scheme, and `--propagate-fp` for GPTQ/VPTQ), and every combination quantizes that
+//! layer from them; its packed layer goes to its own partial directory at once, so memory holds
+//! one layer's activations and weights whatever the number of combinations. The evaluation then
+//! runs the float model once per window as the reference of every quantized model (streamed KL
+//! divergence and top-1 agreement).
+
+use crate::checkpoint::Checkpointer;
+use crate::eval::{self, Convention, EvalResult};
+use crate::model::Model;
+use crate::quant::vptq::VptqConfig;
+use crate::quantize::{self, LinearPlan, Method, Options};
+use crate::stats::Needs;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct SweepOptions {
+    /// Shared settings (calibration, group size, overrides, ...); `method` and `bits` are set per
+    /// combination, `out` is the sweep's output directory.
+    pub base: Options,
+    pub methods: Vec<Method>,
+    pub bits: Vec<u8>,
+    pub eval_text: PathBuf,
+    pub eval_ctx: usize,
+    pub convention: Convention,
+    pub max_windows: Option<usize>,
+    /// Delete each quantized checkpoint once scored (keep only the reports).
+    pub discard_models: bool,
+    /// The command line, recorded in the reports.
+    pub command: String,
+}
+
+/// One row of results.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub method: String,
+    pub bits: u8,
+    pub group_size: usize,
+    /// VPTQ's vector length and codebook size (`--bits` picks them; see [`vptq_for_bits`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vq: Option<String>,
+    /// Why the combination was not run (the other fields are then absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Stored bits per weight of the quantized linears, scales/zeros/codebooks included.
+    pub bpw: Option<f64>,
+    /// Stored bits per parameter of the whole checkpoint (embeddings and norms included).
+    pub model_bpw: Option<f64>,
+    pub size_mb: Option<f64>,
+    pub ppl: Option<f64>,
+    pub delta_ppl_pct: Option<f64>,
+    pub kld: Option<f64>,
+    pub top1_agreement: Option<f64>,
+    /// Seconds spent quantizing and writing this combination (the shared calibration excluded).
+    pub quantize_seconds: Option<f64>,
+    /// Directory of the quantized checkpoint, relative to the sweep's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FpRecord {
+    pub ppl: f64,
+    pub size_mb: f64,
+    pub bits: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub lowbit_version: String,
+    pub command: String,
+    pub model: String,
+    pub calib: Option<String>,
+    pub calib_tokens: usize,
+    pub eval_text: String,
+    pub eval_ctx: usize,
+    pub convention: Convention,
+    pub windows: usize,
+    pub tokens_scored: usize,
+    pub group_size: usize,
+    pub overrides: Vec<String>,
+    pub skip: Vec<String>,
+    /// Seconds of the shared calibration pass (float forward and statistics).
+    pub calibration_seconds: f64,
+    pub eval_seconds: f64,
+    pub fp: FpRecord,
+    pub records: Vec<Record>,
+}
+
+/// VPTQ settings for a bit budget: index bits per weight `log2(k)/v` equal `bits`, with vectors
+/// short enough for k-means to stay cheap on a CPU. `v = 3` needs every output dimension
+/// divisible by 3; otherwise 3 bits use `v = 2, k = 64`.
+pub fn vptq_for_bits(bits: u8, base: &VptqConfig, out_dims: &[usize]) -> Option<VptqConfig> {
+    let (v, k) = match bits {
+        2 => (4, 256),
+        3 if out_dims.iter().all(|d| d % 3 == 0) => (3, 512),
+        3 => (2, 64),
+        4 => (2, 256),
+        _ => return None,
+    };
+    Some(VptqConfig { vector_len: v, centroids: k, ..base.clone() })
+}
+
+struct Combo {
+    name: String,
+    o: Options,
+    plans: Vec<Vec<Option<LinearPlan>>>,
+    ckpt: Checkpointer,
+    bits: u64,
+    weights: u64,
+    meta: crate::pack::LowbitQuantConfig,
+    seconds: f64,
+}
+
+fn combo_name(o: &Options) -> String {
+    match o.method {
+        Method::Vptq => format!("vptq-v{}k{}", o.vptq.vector_len, o.vptq.centroids),
+        m => format!("{}-w{}g{}", m.name().replace('+', "-"), o.bits, o.group_size),
+    }
+}
+
+fn empty_record(o: &Options) -> Record {
+    Record {
+        method: o.method.name().into(),
+        bits: o.bits,
+        group_size: o.group_size,
+        vq: (o.method == Method::Vptq).then(|| format!("v{}k{}", o.vptq.vector_len, o.vptq.centroids)),
+        skipped: None,
+        bpw: None,
+        model_bpw: None,
+        size_mb: None,
+        ppl: None,
+        delta_ppl_pct: None,
+        kld: None,
+        top1_agreement: None,
+        quantize_seconds: None,
+        dir: None,
+    }
+}
+
+/// Why a combination cannot run on this model, if it cannot.
+fn check_combo(model: &Model, o: &Options) -> Option<String> {
+    if let Err(e) = quantize::validate(o) {
+        return Some(format!("{e:#}"));
+    }
+    if o.method == Method::Vptq {
+        let (v, k) = (o.vptq.vector_len, o.vptq.centroids);
+        for spec in model.cfg.family.linears() {
+            let (out, inn) = model.linear_shape(spec);
+            if out % v != 0 {
+                return Some(format!("{}: {out} outputs are not a multiple of vector length {v}", spec.name));
+            }
+            if out / v * inn < k {
+                return Some(format!("{}: fewer vectors than {k} centroids", spec.name));
+            }
+        }
+    }
+    None
+}
+
+/// Run the sweep; `progress(done, total, what)` reports both phases.
+pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Report> {
+    let out = &s.base.out;
+    if out.exists() && !s.base.force {
+        bail!("{}: output directory exists (use --force to replace it)", out.display());
+    }
+    if let Some(c) = &s.base.calib {
+        let same = match (std::fs::canonicalize(c), std::fs::canonicalize(&s.eval_text)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            bail!("{}: the calibration text is the eval text; calibrate on other text than you score", c.display());
+        }
+    }
+    let model = Model::open_dense(model_dir)?;
+    if model.cfg.raw.get("quantization_config").is_some() {
+        bail!("{}: already quantized (has quantization_config)", model_dir.display());
+    }
+    let tok = Tokenizer::from_dir(model_dir)?;
+    // The eval windows first: a bad eval text fails before any work.
+    let text = crate::calib::read_text(&s.eval_text)?;
+    let windows = eval::make_windows(&tok, &text, &s.eval_text.display().to_string(), s.eval_ctx, s.convention, s.max_windows)?;
+    drop(text);
+
+    let tmp = quantize::partial_dir(out);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let r = run(model_dir, &model, &tok, &windows, s, &tmp, progress);
+    match r {
+        Ok(rep) => {
+            if out.exists() {
+                std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
+            }
+            std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot move output into place", out.display()))?;
+            Ok(rep)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn run(
+    model_dir: &Path,
+    model: &Model,
+    tok: &Tokenizer,
+    windows: &eval::Windows,
+    s: &SweepOptions,
+    tmp: &Path,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Report> {
+    let c = &model.cfg;
+    let out_dims: Vec<usize> = c.family.linears().iter().map(|sp| model.linear_shape(sp).0).collect();
+    // Every combination, or why it is skipped.
+    let mut records: Vec<Record> = Vec::new();
+    let mut combos: Vec<Combo> = Vec::new();
+    for &m in &s.methods {
+        for &b in &s.bits {
+            let mut o = Options { method: m, bits: b, ..s.base.clone() };
+            if m == Method::Vptq {
+                match vptq_for_bits(b, &s.base.vptq, &out_dims) {
+                    Some(v) => o.vptq = v,
+                    None => {
+                        records.push(Record { skipped: Some(format!("VPTQ runs at 2, 3 or 4 bits, not {b}")), ..empty_record(&o) });
+                        continue;
+                    }
+                }
+            }
+            if let Some(why) = check_combo(model, &o) {
+                records.push(Record { skipped: Some(why), ..empty_record(&o) });
+                continue;
+            }
+            let name = combo_name(&o);
+            if combos.iter().any(|c| c.name == name) {
+                continue;
+            }
+            o.out = tmp.join(&name);
+            let plans = quantize::plan_layers(model, &o)?;
+            let dir = quantize::partial_dir(&o.out);
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+            records.push(Record { dir: Some(name.clone()), ..empty_record(&o) });
+            combos.push(Combo {
+                name,
+                o,
+                plans,
+                ckpt: Checkpointer { dir, fingerprint: String::new() },
+                bits: 0,
+                weights: 0,
+                meta: Default::default(),
+                seconds: 0.0,
+            });
+        }
+    }
+    for r in records.iter().filter(|r| r.skipped.is_some()) {
+        eprintln!("skipping {} {}-bit: {}", r.method, r.bits, r.skipped.as_deref().unwrap_or(""));
+    }
+    if combos.is_empty() {
+        bail!("nothing to sweep: every combination was skipped");
+    }
+    let needs =
+        combos.iter().flat_map(|k| k.plans.iter().flatten().flatten().map(|p| p.method.needs(&k.o))).fold(Needs::default(), Needs::union);
+    let (tokens, seqlen) = match (&s.base.calib, needs.any()) {
+        (Some(p), true) => {
+            (crate::calib::sample_tokens(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
+        }
+        _ => (Vec::new(), 0),
+    };
+
+    // Phase 1: one calibration pass, every combination quantizes each layer from it.
+    let t = Instant::now();
+    let mut h = if seqlen > 0 { model.embed(&tokens)? } else { Vec::new() };
+    let mut calibration_seconds = t.elapsed().as_secs_f64();
+    for i in 0..c.num_layers {
+        progress(i, c.num_layers, "quantizing");
+        let t = Instant::now();
+        let lw = model.load_layer(i)?;
+        quantize::check_finite_layer(&lw)?;
+        let stats = if seqlen > 0 { quantize::calibrate_layer(model, &lw, &mut h, seqlen, needs)?.0 } else { Default::default() };
+        calibration_seconds += t.elapsed().as_secs_f64();
+        for k in &mut combos {
+            let t = Instant::now();
+            let mut l = lw.clone();
+            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, false).with_context(|| k.name.clone())?;
+            k.ckpt.write_tensors(i, &r.tensors)?;
+            k.bits += r.bits;
+            k.weights += r.weights;
+            k.meta.modules.extend(r.modules);
+            k.meta.vq_modules.extend(r.vq_modules);
+            k.seconds += t.elapsed().as_secs_f64();
+        }
+        model.ck.release_pages();
+    }
+    drop(h);
+    progress(c.num_layers, c.num_layers, "writing");
+    let tail = quantize::tail_tensors(model, s.base.float_dtype)?;
+    for k in &mut combos {
+        let t = Instant::now();
+        let mut tensors = Vec::new();
+        for i in 0..c.num_layers {
+            tensors.extend(k.ckpt.read_layer(i)?);
+        }
+        tensors.extend(tail.iter().cloned());
+        quantize::write_output(model_dir, model, &k.o, &k.ckpt.dir, &tensors, &k.meta, &k.plans)?;
+        k.seconds += t.elapsed().as_secs_f64();
+    }
+    drop(tail);
+
+    // Phase 2: score the float model and every combination on the same windows.
+    let opened: Vec<Model> = combos.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
+    let refs: Vec<&Model> = opened.iter().collect();
+    let n = windows.windows.len();
+    progress(0, n, "scoring");
+    let t_eval = Instant::now();
+    let (fp, results) = eval::perplexity_many(Some(model), &refs, windows, &mut |w| progress(w, n, "scoring"))?;
+    let eval_seconds = t_eval.elapsed().as_secs_f64();
+    let fp = fp.expect("the float model is the reference");
+    drop(refs);
+    drop(opened);
+
+    let by_name: BTreeMap<&str, (&Combo, &EvalResult)> = combos.iter().zip(&results).map(|(k, r)| (k.name.as_str(), (k, r))).collect();
+    for rec in records.iter_mut() {
+        let Some((k, r)) = rec.dir.as_deref().and_then(|d| by_name.get(d)) else { continue };
+        let info = crate::qmodel::inspect(&k.o.out)?;
+        rec.bpw = Some(k.bits as f64 / k.weights.max(1) as f64);
+        rec.model_bpw = Some(info.bits_per_weight);
+        rec.size_mb = Some(info.total_bytes as f64 / 1e6);
+        rec.ppl = Some(r.ppl);
+        rec.delta_ppl_pct = Some(100.0 * (r.ppl / fp.ppl - 1.0));
+        rec.kld = r.kld;
+        rec.top1_agreement = r.top1_agreement;
+        rec.quantize_seconds = Some(k.seconds);
+        if s.discard_models {
+            std::fs::remove_dir_all(&k.o.out).with_context(|| format!("{}: cannot remove", k.o.out.display()))?;
+            rec.dir = None;
+        }
+    }
+    let fp_bytes: u64 = model.ck.tensors().values().map(|t| t.nbytes() as u64).sum();
+    let fp_bits = model.ck.tensors().values().map(|t| 8 * crate::weights::dtype_size(t.dtype).unwrap_or(4) as u32).max().unwrap_or(32);
+    let report = Report {
+        lowbit_version: env!("CARGO_PKG_VERSION").into(),
+        command: s.command.clone(),
+        model: model_dir.display().to_string(),
+        calib: s.base.calib.as_ref().map(|p| p.display().to_string()),
+        calib_tokens: tokens.len(),
+        eval_text: s.eval_text.display().to_string(),
+        eval_ctx: s.eval_ctx,
+        convention: s.convention,
+        windows: fp.windows,
+        tokens_scored: fp.tokens_scored,
+        group_size: s.base.group_size,
+        overrides: s
+            .base
+            .overrides
+            .iter()
+            .map(|o| format!("{}={}:{}{}", o.pattern, o.method.name(), o.bits, o.group_size.map(|g| format!(":{g}")).unwrap_or_default()))
+            .collect(),
+        skip: s.base.skip.iter().map(|r| r.as_str().to_string()).collect(),
+        calibration_seconds,
+        eval_seconds,
+        fp: FpRecord { ppl: fp.ppl, size_mb: fp_bytes as f64 / 1e6, bits: fp_bits },
+        records,
+    };
+    crate::st_write::write_atomic(&tmp.join("results.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::st_write::write_atomic(&tmp.join("results.md"), markdown(&report).as_bytes())?;
+    crate::st_write::write_atomic(&tmp.join("plot.svg"), crate::plot::svg(&report)?.as_bytes())?;
+    Ok(report)
+}
+
+/// The results table (and the settings) as Markdown.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "Model `{}`; calibration `{}` ({} tokens); eval `{}`, ctx {}, {} windows ({} predictions, `{:?}` convention); group size {}.\n\n",
+        r.model,
+        r.calib.as_deref().unwrap_or("none"),
+        r.calib_tokens,
+        r.eval_text,
+        r.eval_ctx,
+        r.windows,
+        r.tokens_scored,
+        r.convention,
+        r.group_size
+    );
+    if !r.overrides.is_empty() || !r.skip.is_empty() {
+        s += &format!("Overrides: {:?}; kept in float: {:?}.\n\n", r.overrides, r.skip);
+    }
+    s += "| method | bits | bpw | size MB | ppl | Δppl % | KLD | top-1 | quantize s |\n";
+    s += "|---|---|---|---|---|---|---|---|---|\n";
+    s += &format!(
+        "| FP ({}-bit) | {} | {:.3} | {:.1} | {:.4} | | 0 | 1 | |\n",
+        r.fp.bits, r.fp.bits, r.fp.bits as f64, r.fp.size_mb, r.fp.ppl
+    );
+    for x in &r.records {
+        let method = match &x.vq {
+            Some(v) => format!("{} {v}", x.method),
+            None => x.method.clone(),
+        };
+        if let Some(why) = &x.skipped {
+            s += &format!("| {method} | {} | skipped: {why} | | | | | | |\n", x.bits);
+            continue;
+        }
+        let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_default();
+        let ppl = match x.ppl {
+            Some(p) if p >= 1e4 => format!("{p:.3e}"),
+            p => f(p, 4),
+        };
+        let d = match x.delta_ppl_pct {
+            Some(p) if p.abs() >= 1e4 => format!("{p:.2e}"),
+            p => f(p, 1),
+        };
+        s += &format!(
+            "| {method} | {} | {} | {} | {ppl} | {d} | {} | {} | {} |\n",
+            x.bits,
+            f(x.bpw, 3),
+            f(x.size_mb, 1),
+            f(x.kld, 4),
+            f(x.top1_agreement, 3),
+            f(x.quantize_seconds, 1)
+        );
+    }
+    s
+}
