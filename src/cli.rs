@@ -2,7 +2,7 @@
 
 use crate::eval::{self, Convention};
 use crate::mem::fmt_bytes;
-use crate::quantize::{Format, Method};
+use crate::quantize::{AwareWeight, Format, Method};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
@@ -114,6 +114,9 @@ pub struct QuantSettings {
     /// VPTQ: per-input-channel normalisation before clustering.
     #[arg(long)]
     pub vq_normalize: bool,
+    /// statsq-aware/shift-aware: the per-input-channel importance that weights the scale search.
+    #[arg(long, value_enum, default_value_t = AwareWeight::MeanSq)]
+    pub aware_weight: AwareWeight,
     /// Replace the output directory if it exists.
     #[arg(long)]
     pub force: bool,
@@ -141,6 +144,7 @@ impl QuantSettings {
             act_order: self.act_order,
             propagate_fp: false,
             static_groups: self.static_groups,
+            aware_weight: self.aware_weight,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,

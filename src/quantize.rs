@@ -78,7 +78,10 @@ impl Method {
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
             Method::Awq | Method::AwqStatsq | Method::AwqShift => awq,
-            Method::StatsqAware | Method::ShiftAware => Needs { mean_sq: true, ..Needs::default() },
+            Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
+                AwareWeight::MeanSq => Needs { mean_sq: true, ..Needs::default() },
+                AwareWeight::MeanAbs => Needs { mean_abs: true, ..Needs::default() },
+            },
             Method::Gptq | Method::Vptq => Needs { hessian: true, ..Needs::default() },
         }
     }
@@ -144,6 +147,18 @@ pub enum Format {
     Gptq,
 }
 
+/// The per-input-channel importance that weights statsq-aware's and shift-aware's scale search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum AwareWeight {
+    /// diag(H) = E[x²]: the diagonal of the layer's output error (the default: better on
+    /// stories260K and SmolLM2, docs/statsq-shift.md).
+    #[value(name = "mean-sq")]
+    MeanSq,
+    /// E[|x|], AWQ's activation statistic.
+    #[value(name = "mean-abs")]
+    MeanAbs,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub method: Method,
@@ -176,6 +191,8 @@ pub struct Options {
     pub propagate_fp: bool,
     /// GPTQ with act-order: group parameters from the natural column groups (no g_idx).
     pub static_groups: bool,
+    /// Importance weighting of the -aware methods.
+    pub aware_weight: AwareWeight,
 }
 
 impl Options {
@@ -325,7 +342,10 @@ fn quantize_layer(
             continue;
         };
         let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
-        let imp = || stats[&l.spec.input].mean_sq();
+        let imp = || match o.aware_weight {
+            AwareWeight::MeanSq => stats[&l.spec.input].mean_sq(),
+            AwareWeight::MeanAbs => stats[&l.spec.input].mean_abs(),
+        };
         if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
             hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
         }
@@ -765,7 +785,7 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         o.seed
     );
     h.update(opts.as_bytes());
-    h.update(format!("{:?}|{}|{}|{}", o.vptq, o.act_order, o.static_groups, o.propagate_fp).as_bytes());
+    h.update(format!("{:?}|{}|{}|{}|{:?}", o.vptq, o.act_order, o.static_groups, o.propagate_fp, o.aware_weight).as_bytes());
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
