@@ -124,6 +124,27 @@ fn bad_quantize_input() {
     expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "exists (use --force");
 }
 
+/// Calibration text shorter than --calib-samples × --calib-seqlen is the documented downgrade:
+/// a one-line warning, overlapping windows, and a normal run.
+#[test]
+fn short_calibration_text_warns_and_overlaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let short = tmp.path().join("short.txt");
+    let text = std::fs::read_to_string(tinystories_text()).unwrap();
+    std::fs::write(&short, &text[..1500]).unwrap();
+    let (m, o) = (stories(), tmp.path().join("o"));
+    let args = ["quantize", "--model", m.to_str().unwrap(), "--out", o.to_str().unwrap(), "--method", "awq", "--bits", "4"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--group-size", "32", "--calib", short.to_str().unwrap(), "--calib-samples", "64", "--calib-seqlen", "64"]);
+    let (code, _, err) = lowbit(&args);
+    assert_eq!(code, 0, "{err}");
+    let warn: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warn.len(), 1, "{err}");
+    assert!(warn[0].contains("short.txt") && warn[0].contains("less than --calib-samples 64 × --calib-seqlen 64"), "{err}");
+    assert!(warn[0].contains("will overlap"), "{err}");
+    assert!(o.join("model.safetensors").exists());
+}
+
 #[test]
 fn killed_run_leaves_no_output() {
     let tmp = tempfile::tempdir().unwrap();
