@@ -381,7 +381,7 @@ fn run(
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     s += &format!(
-        "Model `{}`; calibration `{}` ({} tokens); eval `{}`, ctx {}, {} windows ({} predictions, `{:?}` convention); group size {}.\n\n",
+        "Model `{}`; calibration `{}` ({} tokens); eval `{}`, ctx {}, {} windows ({} predictions, {} convention); group size {}.\n\n",
         r.model,
         r.calib.as_deref().unwrap_or("none"),
         r.calib_tokens,
@@ -389,7 +389,7 @@ pub fn markdown(r: &Report) -> String {
         r.eval_ctx,
         r.windows,
         r.tokens_scored,
-        r.convention,
+        format!("{:?}", r.convention).to_lowercase(),
         r.group_size
     );
     if !r.overrides.is_empty() || !r.skip.is_empty() {
