@@ -222,6 +222,10 @@ pub struct SweepArgs {
     /// Score at most this many windows from the start.
     #[arg(long)]
     pub max_windows: Option<usize>,
+    /// Memory for the f32 embedding/lm_head tables of the models scored together (MiB); more
+    /// combinations than fit are scored in several passes over the eval text.
+    #[arg(long, default_value_t = 2048)]
+    pub score_memory_mb: usize,
     /// Delete each quantized checkpoint after scoring it (keep only the reports).
     #[arg(long)]
     pub discard_models: bool,
@@ -475,6 +479,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         convention: a.convention,
         max_windows: a.max_windows,
         discard_models: a.discard_models,
+        score_memory: a.score_memory_mb << 20,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let mut pb: Option<(ProgressBar, String)> = None;

@@ -33,6 +33,8 @@ pub struct SweepOptions {
     pub max_windows: Option<usize>,
     /// Delete each quantized checkpoint once scored (keep only the reports).
     pub discard_models: bool,
+    /// Bytes of cached f32 embedding/lm_head tables allowed per scoring pass.
+    pub score_memory: usize,
     /// The command line, recorded in the reports.
     pub command: String,
 }
@@ -316,17 +318,27 @@ fn run(
     }
     drop(tail);
 
-    // Phase 2: score the float model and every combination on the same windows.
-    let opened: Vec<Model> = combos.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
-    let refs: Vec<&Model> = opened.iter().collect();
+    // Phase 2: score the float model and every combination on the same windows. Each open model
+    // caches its f32 embedding/lm_head tables, so models are scored in passes whose tables stay
+    // under `score_memory` (one pass for small models; the float reference reruns per pass).
+    let tables = c.vocab_size * c.hidden_size * 4 * if c.tie_word_embeddings { 1 } else { 2 };
+    let per_pass = (s.score_memory / tables.max(1)).max(1);
     let n = windows.windows.len();
-    progress(0, n, "scoring");
+    let passes = combos.len().div_ceil(per_pass);
     let t_eval = Instant::now();
-    let (fp, results) = eval::perplexity_many(Some(model), &refs, windows, &mut |w| progress(w, n, "scoring"))?;
+    let mut fp = None;
+    let mut results: Vec<EvalResult> = Vec::new();
+    for (p, batch) in combos.chunks(per_pass).enumerate() {
+        let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
+        let refs: Vec<&Model> = opened.iter().collect();
+        let what = if passes > 1 { format!("scoring {}/{passes}", p + 1) } else { "scoring".to_string() };
+        progress(0, n, &what);
+        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |w| progress(w, n, &what))?;
+        fp = fp.or(f);
+        results.extend(r);
+    }
     let eval_seconds = t_eval.elapsed().as_secs_f64();
     let fp = fp.expect("the float model is the reference");
-    drop(refs);
-    drop(opened);
 
     let by_name: BTreeMap<&str, (&Combo, &EvalResult)> = combos.iter().zip(&results).map(|(k, r)| (k.name.as_str(), (k, r))).collect();
     for rec in records.iter_mut() {

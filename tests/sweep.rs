@@ -154,6 +154,13 @@ fn sweep_overrides_and_refusals() {
     assert!(f(m, "kld") < f(p, "kld"), "{p} vs {m}");
     assert_eq!(mixed["overrides"][0], "down_proj=rtn:8");
 
+    // Scoring one model per pass (no memory for more) gives the same numbers as one pass.
+    let split = sweep(&tmp.path().join("d"), "rtn", "3,4", &["--score-memory-mb", "0"]);
+    for k in ["ppl", "kld", "top1_agreement"] {
+        assert_eq!(record(&split, "rtn", 3)[k], p[k], "{k}");
+    }
+    assert_eq!(split["fp"]["ppl"], plain["fp"]["ppl"]);
+
     // Calibrating on the eval text is refused, and nothing is written.
     let (mm, t) = (s(&stories()), s(&tinystories_text()));
     let out = tmp.path().join("c");
