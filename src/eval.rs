@@ -9,6 +9,7 @@
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -105,7 +106,12 @@ fn argmax(row: &[f32]) -> usize {
 
 /// KL(P‖Q) of two logits rows (P the reference), in f64.
 pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    kl_from(&log_softmax(p_logits), q_logits)
+}
+
+/// KL(P‖Q) from the reference's log-probabilities and the model's logits.
+fn kl_from(lp: &[f64], q_logits: &[f32]) -> f64 {
+    let lq = log_softmax(q_logits);
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }
 
@@ -176,27 +182,39 @@ pub fn perplexity_many(
         }
         for chunk in positions.chunks(LOGIT_ROWS) {
             let t = Instant::now();
-            let rlogits = match (reference, &href) {
-                (Some(r), Some(hr)) => Some(chunk_logits(r, hr, chunk)?),
+            // The reference's log-probabilities and argmax, once per row for every model.
+            let reference_rows: Option<Vec<(Vec<f64>, usize)>> = match (reference, &href) {
+                (Some(r), Some(hr)) => {
+                    let rl = chunk_logits(r, hr, chunk)?;
+                    let rows: Vec<(Vec<f64>, usize)> = rl.par_chunks(vocab).map(|row| (log_softmax(row), argmax(row))).collect();
+                    for (r, &j) in chunk.iter().enumerate() {
+                        ref_acc.nll += nll_of(&rl[r * vocab..(r + 1) * vocab], win[j + 1] as usize);
+                    }
+                    Some(rows)
+                }
                 _ => None,
             };
-            if let Some(rl) = &rlogits {
-                for (r, &j) in chunk.iter().enumerate() {
-                    ref_acc.nll += nll_of(&rl[r * vocab..(r + 1) * vocab], win[j + 1] as usize);
-                }
-            }
             ref_acc.seconds += t.elapsed().as_secs_f64();
             for ((m, h), a) in models.iter().zip(&hs).zip(&mut accs) {
                 let t = Instant::now();
                 let logits = chunk_logits(m, h, chunk)?;
-                for (r, &j) in chunk.iter().enumerate() {
-                    let row = &logits[r * vocab..(r + 1) * vocab];
-                    a.nll += nll_of(row, win[j + 1] as usize);
-                    if let Some(rl) = &rlogits {
-                        let rrow = &rl[r * vocab..(r + 1) * vocab];
-                        a.kld += kl_div(rrow, row);
-                        a.agree += (argmax(rrow) == argmax(row)) as usize;
-                    }
+                // Per row in parallel, summed in row order (the same sums at any thread count).
+                let scores: Vec<(f64, f64, bool)> = chunk
+                    .par_iter()
+                    .enumerate()
+                    .map(|(r, &j)| {
+                        let row = &logits[r * vocab..(r + 1) * vocab];
+                        let nll = nll_of(row, win[j + 1] as usize);
+                        match &reference_rows {
+                            Some(rr) => (nll, kl_from(&rr[r].0, row), rr[r].1 == argmax(row)),
+                            None => (nll, 0.0, false),
+                        }
+                    })
+                    .collect();
+                for (nll, kld, agree) in scores {
+                    a.nll += nll;
+                    a.kld += kld;
+                    a.agree += agree as usize;
                 }
                 a.seconds += t.elapsed().as_secs_f64();
             }
