@@ -199,6 +199,42 @@ fn non_finite_weight_is_named() {
     assert!(!out.exists());
 }
 
+/// Finite weights whose activations overflow: layer 1's input RMSNorm weight scaled to ~1e38
+/// makes the normed hidden state (and everything after it) Inf/NaN during calibration. The
+/// error names the layer and where the activations stopped being finite; nothing is written.
+#[test]
+fn non_finite_activation_names_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors = stories_tensors();
+    let norm = tensors.iter_mut().find(|t| t.name == "model.layers.1.input_layernorm.weight").unwrap();
+    for w in norm.data.chunks_exact_mut(4) {
+        let v = f32::from_le_bytes(w.try_into().unwrap());
+        w.copy_from_slice(&(v.signum() * 1e38).to_le_bytes());
+    }
+    let d = model_dir(tmp.path(), "overflow", &[]);
+    lowbit::st_write::write_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
+    let out = tmp.path().join("q");
+    expect_error(
+        &[
+            "quantize",
+            "--model",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "gptq",
+            "--calib",
+            &text(),
+            "--calib-samples",
+            "2",
+            "--calib-seqlen",
+            "32",
+        ],
+        &["model.layers.1:", "non-finite activation", "self_attn.q_proj"],
+    );
+    assert!(!out.exists());
+}
+
 /// Sizes in config.json are checked against the tensors before anything is sized by them:
 /// an absurd num_hidden_layers used to build the list of needed tensor names for every layer
 /// up front (out of memory), an absurd hidden_size made quantize allocate a probe weight of
