@@ -637,8 +637,13 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 /// convert_hf_to_gguf computes `w.reshape(n_head, 2, head_dim/2, cols).swapaxes(1, 2)`, so GGUF
 /// row `h*hd + 2*j + i` holds HF row `h*hd + i*hd/2 + j`; this maps it back.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
-    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows.checked_mul(cols) != Some(w.len()) {
+    let heads_even = n_head.checked_mul(2).is_some_and(|h2| h2 > 0 && rows.is_multiple_of(h2));
+    if !heads_even || rows.checked_mul(cols) != Some(w.len()) {
         bail!("cannot unpermute {rows}x{cols} rows for {n_head} heads (rows must split into heads of even size)");
+    }
+    if w.is_empty() {
+        // Nothing to move, and with 0 columns `rows` (read from the file) is unbounded.
+        return Ok(Vec::new());
     }
     let hd = rows / n_head;
     let half = hd / 2;
