@@ -67,6 +67,37 @@ impl ModelConfig {
         if !cfg.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even for RoPE", cfg.head_dim);
         }
+        for (k, v) in [("hidden_size", cfg.hidden_size), ("intermediate_size", cfg.intermediate_size), ("vocab_size", cfg.vocab_size)] {
+            if v == 0 {
+                bail!("\"{k}\" is 0");
+            }
+        }
+        if cfg.head_dim == 0 {
+            bail!("head_dim is 0 (hidden_size {} < num_attention_heads {}?)", cfg.hidden_size, cfg.num_heads);
+        }
+        // Every weight the forward pass forms must have an f32 size that fits in memory's
+        // address space; overflowing products would otherwise wrap.
+        let f32_bytes = |a: usize, b: usize| a.checked_mul(b).and_then(|n| n.checked_mul(4));
+        let q_dim = cfg.num_heads.checked_mul(cfg.head_dim);
+        let kv_dim = cfg.num_kv_heads.checked_mul(cfg.head_dim);
+        let fits = match (q_dim, kv_dim) {
+            (Some(q), Some(kv)) => {
+                [(q, cfg.hidden_size), (kv, cfg.hidden_size), (cfg.intermediate_size, cfg.hidden_size), (cfg.vocab_size, cfg.hidden_size)]
+                    .iter()
+                    .all(|&(a, b)| f32_bytes(a, b).is_some())
+            }
+            _ => false,
+        };
+        if !fits {
+            bail!(
+                "dimensions too large: hidden_size {}, intermediate_size {}, vocab_size {}, {} heads of head_dim {}",
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.vocab_size,
+                cfg.num_heads,
+                cfg.head_dim
+            );
+        }
         Ok(cfg)
     }
 

@@ -13,8 +13,8 @@
 //! unless one is given.
 
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
+use crate::weights::FileBytes;
 use anyhow::{anyhow, bail, Context, Result};
-use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use serde_json::{json, Value as Json};
@@ -312,7 +312,7 @@ fn value_min_size(ty: u32) -> Option<usize> {
 /// A memory-mapped, fully validated GGUF file.
 pub struct Gguf {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: FileBytes,
     pub version: u32,
     pub alignment: usize,
     /// Absolute offset of the (aligned) data section.
@@ -344,15 +344,18 @@ impl Gguf {
         if len < 24 {
             bail!("{}: truncated file: {len} bytes is shorter than a GGUF header", path.display());
         }
-        // SAFETY: the map is read-only; as with any mmap, the file must not be truncated or
-        // rewritten while the Gguf is alive.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot mmap", path.display()))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), FileBytes::map(&file, path)?)
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self> {
+    /// Parse a GGUF file held in memory, with the same checks as [`Gguf::open`]; `path` only
+    /// names the file in errors. Used by the fuzz targets and tests.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(path.into(), FileBytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {
         let file = path.display().to_string();
-        let mut c = Cursor { buf: &mmap, pos: 0, file: &file };
+        let mut c = Cursor { buf: &bytes, pos: 0, file: &file };
         let magic = c.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
             bail!("{file}: not a GGUF file (magic {:?}, expected \"GGUF\")", String::from_utf8_lossy(&magic));
@@ -397,7 +400,7 @@ impl Gguf {
             infos.push((name, dims, ty, offset));
         }
         let data_start = c.pos.checked_next_multiple_of(alignment).unwrap_or(usize::MAX);
-        let file_len = mmap.len();
+        let file_len = bytes.len();
         if data_start > file_len && n_tensors > 0 {
             bail!("{file}: truncated file: data section would start at {data_start}, file length is {file_len}");
         }
@@ -432,7 +435,7 @@ impl Gguf {
             }
             tensors.push(TensorInfo { name, dims, ty, offset, range });
         }
-        Ok(Self { path, mmap, version, alignment, data_start, meta, meta_index, tensors, tensor_index })
+        Ok(Self { path, bytes, version, alignment, data_start, meta, meta_index, tensors, tensor_index })
     }
 
     /// Path the file was opened from.
@@ -520,14 +523,14 @@ impl Gguf {
     }
     /// Raw (possibly quantized) bytes of a tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
-        Ok(&self.mmap[self.info_or_err(name)?.range.clone()])
+        Ok(&self.bytes[self.info_or_err(name)?.range.clone()])
     }
 
     /// Dequantize a tensor to f32. Returns the HF shape (outermost first, `[rows, cols]`) and the
     /// row-major values.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info = self.info_or_err(name)?;
-        let bytes = &self.mmap[info.range.clone()];
+        let bytes = &self.bytes[info.range.clone()];
         let out = dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
         Ok((info.hf_shape(), out))
     }
@@ -634,8 +637,13 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 /// convert_hf_to_gguf computes `w.reshape(n_head, 2, head_dim/2, cols).swapaxes(1, 2)`, so GGUF
 /// row `h*hd + 2*j + i` holds HF row `h*hd + i*hd/2 + j`; this maps it back.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
-    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows.checked_mul(cols) != Some(w.len()) {
+    let heads_even = n_head.checked_mul(2).is_some_and(|h2| h2 > 0 && rows.is_multiple_of(h2));
+    if !heads_even || rows.checked_mul(cols) != Some(w.len()) {
         bail!("cannot unpermute {rows}x{cols} rows for {n_head} heads (rows must split into heads of even size)");
+    }
+    if w.is_empty() {
+        // Nothing to move, and with 0 columns `rows` (read from the file) is unbounded.
+        return Ok(Vec::new());
     }
     let hd = rows / n_head;
     let half = hd / 2;
@@ -867,8 +875,9 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     Ok(report)
 }
 
-/// Build an HF LlamaConfig from `llama.*` metadata.
-fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json> {
+/// Build an HF LlamaConfig (config.json) from `llama.*` metadata, as [`import_gguf`] does when
+/// no config is given; `vocab` is the embedding's row count.
+pub fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json> {
     let req = |key: &str| -> Result<u64> { g.get_u64(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}"))) };
     let hidden = req("llama.embedding_length")?;
     let heads = req("llama.attention.head_count")?;

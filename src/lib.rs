@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod cuda;
 pub mod eval;
+pub mod fuzz;
 pub mod gguf;
 pub mod linalg;
 pub mod mem;

@@ -98,30 +98,38 @@ impl Model {
         self
     }
 
-    /// Every tensor the forward pass needs is present (checked up front, not mid-eval).
+    /// Every tensor the forward pass needs is present, and every dense one has the shape
+    /// config.json implies (checked up front, not mid-eval, so that sizes from config.json never
+    /// drive an allocation before they are checked against the tensors).
     pub fn check_tensors(&self) -> Result<()> {
         let c = &self.cfg;
-        let mut need = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
-        if !c.tie_word_embeddings {
-            need.push("lm_head.weight".into());
-        }
-        for i in 0..c.num_layers {
-            need.push(format!("model.layers.{i}.input_layernorm.weight"));
-            need.push(format!("model.layers.{i}.post_attention_layernorm.weight"));
-            for l in c.family.linears() {
-                let p = format!("model.layers.{i}.{}", l.name);
-                let stored = ["weight", "qweight", "vq_indices"].iter().any(|s| self.ck.contains(&format!("{p}.{s}")));
-                if !stored {
-                    need.push(format!("{p}.weight"));
-                }
-                if l.has_bias {
-                    need.push(format!("{p}.bias"));
-                }
-            }
-        }
-        for n in need {
+        let (d, v) = (c.hidden_size, c.vocab_size);
+        // Checked name by name: num_hidden_layers comes from config.json and may be absurd, so
+        // the list of needed names is never built up front.
+        let need = |n: String, shape: &[usize]| -> Result<()> {
             if !self.ck.contains(&n) {
                 bail!("{}: missing tensor {n}", self.ck.dir.display());
+            }
+            self.ck.check_shape(&n, shape)
+        };
+        need("model.embed_tokens.weight".into(), &[v, d])?;
+        need("model.norm.weight".into(), &[d])?;
+        if !c.tie_word_embeddings {
+            need("lm_head.weight".into(), &[v, d])?;
+        }
+        for i in 0..c.num_layers {
+            need(format!("model.layers.{i}.input_layernorm.weight"), &[d])?;
+            need(format!("model.layers.{i}.post_attention_layernorm.weight"), &[d])?;
+            for l in c.family.linears() {
+                let p = format!("model.layers.{i}.{}", l.name);
+                let (out, inn) = self.linear_shape(l);
+                let packed = ["qweight", "vq_indices"].iter().any(|s| self.ck.contains(&format!("{p}.{s}")));
+                if !packed || self.ck.contains(&format!("{p}.weight")) {
+                    need(format!("{p}.weight"), &[out, inn])?;
+                }
+                if l.has_bias {
+                    need(format!("{p}.bias"), &[out])?;
+                }
             }
         }
         Ok(())

@@ -31,7 +31,8 @@ impl QuantScheme {
         let bad = |what: &str| anyhow!("{}: quantization_config: {what}", dir.join("config.json").display());
         let method = q.get("quant_method").and_then(|m| m.as_str()).ok_or_else(|| bad("missing quant_method"))?;
         let hf = || -> Result<HfQuantMeta> {
-            let bits = q.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad("missing bits"))? as u8;
+            let bits = q.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad("missing bits"))?;
+            let bits = u8::try_from(bits).map_err(|_| bad(&format!("bits {bits} out of range")))?;
             let group_size = q.get("group_size").and_then(|b| b.as_i64()).ok_or_else(|| bad("missing group_size"))?;
             Ok(HfQuantMeta { bits, group_size })
         };

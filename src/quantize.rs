@@ -509,12 +509,26 @@ pub(crate) fn calibrate_layer(
         stats.insert(inp, InputStats::new(d, rows, needs));
     }
     let (t, mut in_hooks) = (Instant::now(), 0f64);
+    // The first linear input that is not finite (finite weights can still overflow the hidden
+    // state, e.g. through a huge norm weight): named in the error, with the layer.
+    let mut non_finite: Option<(Input, f32)> = None;
     model.forward_layer(lw, h, seqlen, &mut |inp, x, rows| {
         let t = Instant::now();
+        if non_finite.is_none() {
+            non_finite = x.iter().find(|v| !v.is_finite()).map(|&v| (inp, v));
+        }
         stats.get_mut(&inp).expect("every input has stats").observe(x, rows);
         in_hooks += t.elapsed().as_secs_f64();
     });
-    check_finite(h, &format!("layer {} output activations", lw.index))?;
+    if let Some((inp, v)) = non_finite {
+        let readers: Vec<&str> = c.family.linears().iter().filter(|l| l.input == inp).map(|l| l.name).collect();
+        bail!(
+            "model.layers.{}: non-finite activation {v} in the input of {} during the calibration forward pass",
+            lw.index,
+            readers.join(", ")
+        );
+    }
+    check_finite(h, &format!("model.layers.{}: output activations", lw.index))?;
     Ok((stats, t.elapsed().as_secs_f64() - in_hooks))
 }
 

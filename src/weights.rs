@@ -10,9 +10,35 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// The bytes of a file: memory-mapped, or owned (files parsed from memory, e.g. by the fuzzers).
+pub(crate) enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl FileBytes {
+    /// Memory-map `file` read-only.
+    pub(crate) fn map(file: &File, path: &Path) -> Result<Self> {
+        // SAFETY: the map is read-only; lowbit never writes into a file it reads, and as with any
+        // mmap the file must not be truncated or rewritten while the mapping is alive.
+        let mmap = unsafe { Mmap::map(file) }.with_context(|| format!("{}: cannot mmap", path.display()))?;
+        Ok(FileBytes::Mapped(mmap))
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: FileBytes,
     data_start: usize,
 }
 
@@ -69,57 +95,76 @@ impl Checkpoint {
             vec![single]
         } else if index.exists() {
             let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
-            let map =
-                v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing \"weight_map\"", index.display()))?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
-            names.sort();
-            names.dedup();
-            if names.iter().any(|n| n.contains('/') || n.contains("..")) {
-                bail!("{}: weight_map names a file outside the directory", index.display());
-            }
-            names.into_iter().map(|n| dir.join(n)).collect()
+            Self::index_shards(&index, &text)?.into_iter().map(|n| dir.join(n)).collect()
         } else {
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
         let mut ck = Checkpoint { dir: dir.to_owned(), shards: Vec::new(), tensors: BTreeMap::new() };
         for f in files {
-            ck.add_shard(&f)?;
+            let file = File::open(&f).with_context(|| format!("{}: cannot open", f.display()))?;
+            let bytes = FileBytes::map(&file, &f)?;
+            ck.add_shard(f, bytes)?;
         }
         Ok(ck)
     }
 
-    fn add_shard(&mut self, path: &Path) -> Result<()> {
-        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        // SAFETY: the file is opened read-only; lowbit never writes into a checkpoint it reads.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot mmap", path.display()))?;
-        let p = path.display();
-        if mmap.len() < 8 {
-            bail!("{p}: truncated safetensors file ({} bytes, no header)", mmap.len());
+    /// The shard file names listed in the `weight_map` of a `model.safetensors.index.json`
+    /// (`text`, read from `index`): sorted and deduplicated, each a plain name inside the
+    /// checkpoint directory.
+    pub fn index_shards(index: &Path, text: &str) -> Result<Vec<String>> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: missing \"weight_map\"", index.display()))?;
+        let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+        names.sort();
+        names.dedup();
+        if names.iter().any(|n| n.is_empty() || n.contains('/') || n.contains('\\') || n.contains("..")) {
+            bail!("{}: weight_map names a file outside the directory", index.display());
         }
-        let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+        Ok(names)
+    }
+
+    /// A checkpoint over safetensors files held in memory, one `(path, bytes)` per shard, with
+    /// the same checks as [`Checkpoint::open`]; the paths only name the shards in errors. Used
+    /// by the fuzz targets and tests.
+    pub fn from_buffers(dir: &Path, shards: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
+        let mut ck = Checkpoint { dir: dir.to_owned(), shards: Vec::new(), tensors: BTreeMap::new() };
+        for (path, bytes) in shards {
+            ck.add_shard(path, FileBytes::Owned(bytes))?;
+        }
+        Ok(ck)
+    }
+
+    fn add_shard(&mut self, path: PathBuf, bytes: FileBytes) -> Result<()> {
+        let p = path.display();
+        if bytes.len() < 8 {
+            bail!("{p}: truncated safetensors file ({} bytes, no header)", bytes.len());
+        }
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer => {
-                anyhow!("{p}: truncated: tensor data offsets in the header are out of range of the file ({} bytes)", mmap.len())
+                anyhow!("{p}: truncated: tensor data offsets in the header are out of range of the file ({} bytes)", bytes.len())
             }
             e => anyhow!("{p}: invalid safetensors header: {e}"),
         })?;
         let data_start = 8 + header_len;
-        let data_len = mmap.len() - data_start;
+        let data_len = bytes.len() - data_start;
         let shard = self.shards.len();
         for (name, info) in meta.tensors() {
             let dtype = info.dtype;
             let size = dtype_size(dtype).ok_or_else(|| anyhow!("{p}: tensor {name} has unsupported dtype {dtype:?}"))?;
             let (start, end) = info.data_offsets;
-            let numel: usize = info.shape.iter().product();
-            if end < start || end - start != numel * size {
+            let nbytes = info.shape.iter().try_fold(size, |n, &d| n.checked_mul(d));
+            if end < start || Some(end - start) != nbytes {
                 bail!("{p}: tensor {name}: byte range {start}..{end} does not match shape {:?} of {dtype:?}", info.shape);
             }
             if end > data_len {
                 bail!("{p}: tensor {name}: data offsets {start}..{end} out of range (file has {data_len} data bytes; truncated?)");
             }
-            self.tensors.insert(name.clone(), TensorInfo { dtype, shape: info.shape.clone(), shard, start, end });
+            if self.tensors.contains_key(&name) {
+                bail!("{p}: tensor {name} is also stored in another shard");
+            }
+            self.tensors.insert(name, TensorInfo { dtype, shape: info.shape.clone(), shard, start, end });
         }
-        self.shards.push(Shard { path: path.to_owned(), mmap, data_start });
+        self.shards.push(Shard { path, bytes, data_start });
         Ok(())
     }
 
@@ -144,7 +189,7 @@ impl Checkpoint {
     pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", self.dir.display()))?;
         let s = &self.shards[info.shard];
-        Ok((info, &s.mmap[s.data_start + info.start..s.data_start + info.end]))
+        Ok((info, &s.bytes[s.data_start + info.start..s.data_start + info.end]))
     }
 
     /// A float tensor converted to f32, with its shape.
@@ -177,14 +222,19 @@ impl Checkpoint {
         Ok(crate::st_write::OutTensor { name: name.to_string(), dtype, shape: info.shape.clone(), data })
     }
 
+    /// Checks that tensor `name` exists and has exactly `shape`.
+    pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let info = self.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", self.dir.display()))?;
+        if info.shape != shape {
+            bail!("{}: tensor {name} has shape {:?}, expected {shape:?}", self.shard_path(info).display(), info.shape);
+        }
+        Ok(())
+    }
+
     /// A float tensor that must have exactly `shape`.
     pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (s, v) = self.f32(name)?;
-        if s != shape {
-            let info = &self.tensors[name];
-            bail!("{}: tensor {name} has shape {s:?}, expected {shape:?}", self.shard_path(info).display());
-        }
-        Ok(v)
+        self.check_shape(name, shape)?;
+        Ok(self.f32(name)?.1)
     }
 
     /// An integer tensor (I32/U8/...) as i32 values.
@@ -206,8 +256,10 @@ impl Checkpoint {
             // SAFETY: MADV_DONTNEED on a private read-only file mapping only discards clean
             // pages; later reads fault them back from the file, which lowbit never modifies.
             #[cfg(unix)]
-            unsafe {
-                let _ = s.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+            if let FileBytes::Mapped(m) = &s.bytes {
+                unsafe {
+                    let _ = m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+                }
             }
         }
     }

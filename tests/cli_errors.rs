@@ -170,19 +170,23 @@ fn verify_without_gpu_exits_3() {
     expect_error(&["verify", "--model", m.to_str().unwrap()], &["not a quantized checkpoint"]);
 }
 
-#[test]
-fn non_finite_weight_is_named() {
-    let tmp = tempfile::tempdir().unwrap();
+/// stories260K's tensors, to edit and write back.
+fn stories_tensors() -> Vec<lowbit::st_write::OutTensor> {
     let bytes = std::fs::read(stories().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<lowbit::st_write::OutTensor> = st
-        .names()
+    st.names()
         .iter()
         .map(|n| {
             let t = st.tensor(n).unwrap();
             lowbit::st_write::OutTensor { name: n.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn non_finite_weight_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors = stories_tensors();
     let up = tensors.iter_mut().find(|t| t.name == "model.layers.2.mlp.up_proj.weight").unwrap();
     up.data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
     let d = model_dir(tmp.path(), "nan", &[]);
@@ -193,4 +197,61 @@ fn non_finite_weight_is_named() {
         &["model.layers.2.mlp.up_proj.weight", "non-finite"],
     );
     assert!(!out.exists());
+}
+
+/// Finite weights whose activations overflow: layer 1's input RMSNorm weight scaled to ~1e38
+/// makes the normed hidden state (and everything after it) Inf/NaN during calibration. The
+/// error names the layer and where the activations stopped being finite; nothing is written.
+#[test]
+fn non_finite_activation_names_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors = stories_tensors();
+    let norm = tensors.iter_mut().find(|t| t.name == "model.layers.1.input_layernorm.weight").unwrap();
+    for w in norm.data.chunks_exact_mut(4) {
+        let v = f32::from_le_bytes(w.try_into().unwrap());
+        w.copy_from_slice(&(v.signum() * 1e38).to_le_bytes());
+    }
+    let d = model_dir(tmp.path(), "overflow", &[]);
+    lowbit::st_write::write_safetensors(&d.join("model.safetensors"), &tensors, None).unwrap();
+    let out = tmp.path().join("q");
+    expect_error(
+        &[
+            "quantize",
+            "--model",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "gptq",
+            "--calib",
+            &text(),
+            "--calib-samples",
+            "2",
+            "--calib-seqlen",
+            "32",
+        ],
+        &["model.layers.1:", "non-finite activation", "self_attn.q_proj"],
+    );
+    assert!(!out.exists());
+}
+
+/// Sizes in config.json are checked against the tensors before anything is sized by them:
+/// an absurd num_hidden_layers used to build the list of needed tensor names for every layer
+/// up front (out of memory), an absurd hidden_size made quantize allocate a probe weight of
+/// 64 × 2^40 floats (abort) before any shape was compared.
+#[test]
+fn absurd_config_sizes_are_checked_against_the_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = with_config(tmp.path(), |c| c["num_hidden_layers"] = (1u64 << 40).into());
+    expect_error(&["eval", "--model", d.to_str().unwrap(), "--text", &text()], &["missing tensor model.layers.5.input_layernorm.weight"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = with_config(tmp.path(), |c| c["hidden_size"] = (1u64 << 40).into());
+    let out = tmp.path().join("q");
+    expect_error(
+        &["quantize", "--model", d.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn"],
+        &["model.safetensors", "model.embed_tokens.weight has shape [512, 64], expected [512, 1099511627776]"],
+    );
+    assert!(!out.exists());
+    let d = with_config(tmp.path(), |c| c["vocab_size"] = (1u64 << 62).into());
+    expect_error(&["inspect", "--model", d.to_str().unwrap()], &["config.json", "dimensions too large"]);
 }

@@ -592,6 +592,17 @@ fn unpermute_by_hand() {
     assert!(unpermute_rows(&[0.; 6], 6, 1, 2).is_err(), "odd head_dim");
 }
 
+/// A tensor with 0 columns and 2^57 rows holds no data, yet the unpermutation looped over
+/// every row (a hang in `import-gguf`). Found by `cargo fuzz run gguf`
+/// (fuzz/regressions/gguf/unpermute-zero-columns-huge-rows).
+#[test]
+fn unpermute_empty_tensor_with_huge_rows_returns_at_once() {
+    let t = std::time::Instant::now();
+    assert_eq!(unpermute_rows(&[], 1 << 57, 0, 2).unwrap(), Vec::<f32>::new());
+    assert!(t.elapsed().as_secs() < 1);
+    assert!(unpermute_rows(&[0.0; 4], 4, 1, usize::MAX).is_err(), "2 * n_head overflows");
+}
+
 #[test]
 fn name_mapping() {
     let cases = [

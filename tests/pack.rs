@@ -398,3 +398,113 @@ fn read_errors_name_the_tensor() {
     gi.data[..4].copy_from_slice(&7i32.to_le_bytes());
     assert!(err(GptqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 16 })).contains("m.g_idx: group index 7"));
 }
+
+/// Runs `f` on another thread and fails if it panics or takes longer than 10 s (a regression
+/// of the size checks below would loop for ~2^62 iterations rather than fail).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(10)).expect("panicked or did not return within 10 s")
+}
+
+fn raw(name: &str, dtype: Dtype, shape: &[usize], data: Vec<u8>) -> OutTensor {
+    OutTensor { name: name.into(), dtype, shape: shape.to_vec(), data }
+}
+
+/// Sizes declared by a file with an empty dimension (so no bytes back them) or whose products
+/// overflow: a clean error, not a 2^62-iteration loop, a huge allocation or a panic.
+/// Found by `cargo fuzz run packed`.
+#[test]
+fn empty_or_overflowing_declared_sizes_are_refused() {
+    // AWQ qweight [0, 2^60]: out = 8 * 2^60 = 2^63 output channels with no bytes at all.
+    let msg = within_10s(|| {
+        let big = 1usize << 60;
+        let t = vec![
+            raw("m.qweight", Dtype::I32, &[0, big], vec![]),
+            raw("m.qzeros", Dtype::I32, &[0, big], vec![]),
+            raw("m.scales", Dtype::F16, &[0, big * 8], vec![]),
+        ];
+        err(AwqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 128 }))
+    });
+    assert!(msg.contains("m.qweight: empty shape"), "{msg}");
+    // GPTQ qweight [0, 2^62]: 0 inputs, 2^62 outputs; out * bits overflows for the qzeros shape.
+    let msg = within_10s(|| {
+        let big = 1usize << 62;
+        let t = vec![
+            raw("m.qweight", Dtype::I32, &[0, big], vec![]),
+            raw("m.qzeros", Dtype::I32, &[0, 0], vec![]),
+            raw("m.scales", Dtype::F16, &[0, big], vec![]),
+        ];
+        err(GptqPacked::from_tensors(&t, "m", &HfQuantMeta { bits: 4, group_size: 128 }))
+    });
+    assert!(msg.contains("m.qweight: empty shape"), "{msg}");
+    // lowbit: 2^62 x 0 weight declared in config.json, zero-byte tensors to match.
+    let msg = within_10s(|| {
+        let big = 1usize << 62;
+        let meta =
+            LowbitModuleMeta { bits: 4, group_size: 32, grid: Grid::Affine, method: "rtn".into(), in_features: 0, out_features: big };
+        let t = vec![
+            raw("m.qweight", Dtype::U8, &[big, 0], vec![]),
+            raw("m.scales", Dtype::F16, &[big, 0], vec![]),
+            raw("m.qzeros", Dtype::U8, &[big, 0], vec![]),
+        ];
+        err(LowbitPacked::from_tensors(&t, "m", &meta))
+    });
+    assert!(msg.contains("m: empty 4611686018427387904x0 weight"), "{msg}");
+    // lowbit: in_features * bits overflows (the row length would wrap to 0 bytes).
+    let meta =
+        LowbitModuleMeta { bits: 8, group_size: 32, grid: Grid::Affine, method: "rtn".into(), in_features: 1 << 61, out_features: 1 };
+    let msg = err(LowbitPacked::from_tensors(&Vec::<OutTensor>::new(), "m", &meta));
+    assert!(msg.contains("overflows"), "{msg}");
+}
+
+/// VQ: out_features 2^63 with 4 centroids made the packed row length (2^63 vectors × 2 bits)
+/// wrap to 0 bytes, which an empty index tensor then matched; checking the indices read past
+/// the row and panicked. Found by reading the code while adding `cargo fuzz run packed`.
+#[test]
+fn vq_row_length_overflow_is_refused() {
+    use lowbit::pack::vq::{VqModuleMeta, VqPacked};
+    let msg = within_10s(|| {
+        let meta = VqModuleMeta {
+            layout: "vq".into(),
+            method: "vptq".into(),
+            in_features: 1,
+            out_features: 1 << 63,
+            vector_len: 1,
+            n_centroids: 4,
+            n_res_centroids: 0,
+            n_outlier_centroids: 0,
+            n_outlier_cols: 0,
+            col_norm: false,
+        };
+        let t = vec![raw("m.vq_indices", Dtype::U8, &[1, 0], vec![]), raw("m.centroids", Dtype::F16, &[4, 1], vec![0; 8])];
+        err(VqPacked::from_tensors(&t, "m", &meta))
+    });
+    assert!(msg.contains("m.vq_indices") && msg.contains("overflows"), "{msg}");
+    // Zero output features: no index bytes, but in_features rows to loop over.
+    let msg = within_10s(|| {
+        let meta = VqModuleMeta {
+            layout: "vq".into(),
+            method: "vptq".into(),
+            in_features: 1 << 62,
+            out_features: 0,
+            vector_len: 1,
+            n_centroids: 1,
+            n_res_centroids: 0,
+            n_outlier_centroids: 0,
+            n_outlier_cols: 0,
+            col_norm: false,
+        };
+        let t = vec![raw("m.vq_indices", Dtype::U8, &[1 << 62, 0], vec![]), raw("m.centroids", Dtype::F16, &[1, 1], vec![0; 2])];
+        err(VqPacked::from_tensors(&t, "m", &meta))
+    });
+    assert!(msg.contains("empty 0x4611686018427387904 weight"), "{msg}");
+}
+
+/// `"bits": 260` was truncated to 4 (`as u8`) and accepted.
+#[test]
+fn out_of_range_bits_in_config_are_refused() {
+    let cfg = serde_json::json!({"quantization_config": {"quant_method": "gptq", "bits": 260, "group_size": 128}});
+    let msg = err(lowbit::qmodel::QuantScheme::from_config(std::path::Path::new("m"), &cfg));
+    assert!(msg.contains("m/config.json") && msg.contains("bits 260 out of range"), "{msg}");
+}

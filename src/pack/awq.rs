@@ -8,7 +8,7 @@
 //!
 //! `w[o][i] = (q - z) * s` with the group `i / g`.
 
-use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, scales_to_f16, shape_of};
+use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, mul, scales_to_f16, shape_of};
 use super::{HfQuantMeta, PackedLayout, TensorSource};
 use crate::quant::{grid_value, Grid, GroupQ};
 use crate::st_write::OutTensor;
@@ -119,7 +119,8 @@ impl PackedLayout for AwqPacked {
         ensure!(meta.bits == 4, "{qw_name}: AWQ GEMM layout is 4-bit, config says {} bits", meta.bits);
         let sh = shape_of(src, &qw_name)?;
         let &[i, ow] = sh.as_slice() else { bail!("{qw_name}: shape {sh:?} is not 2-D") };
-        let (o, g) = (ow * 8, meta.group_size_for(i));
+        ensure!(i > 0 && ow > 0, "{qw_name}: empty shape {sh:?}");
+        let (o, g) = (mul(ow, 8, &qw_name)?, meta.group_size_for(i));
         ensure!(g > 0 && i % g == 0, "{qw_name}: in_features {i} not divisible by group_size {g}");
         let ng = i / g;
         let qweight = le_i32s(fetch(src, &qw_name, Dtype::I32, &[i, ow])?);

@@ -10,7 +10,9 @@
 //! AutoGPTQ sizes the packed tensors with `in / 32 * bits` and `out / 32 * bits`, so both
 //! dimensions must be multiples of 32. `w[o][i] = (q - z) * s` with the group `g_idx[i]`.
 
-use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, read_g_idx, scales_to_f16, shape_of};
+use super::{
+    check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, mul, read_g_idx, scales_to_f16, shape_of,
+};
 use super::{stream_code, stream_word, HfQuantMeta, PackedLayout, TensorSource};
 use crate::quant::{Grid, GroupQ};
 use crate::st_write::OutTensor;
@@ -128,12 +130,14 @@ impl PackedLayout for GptqPacked {
         ensure!(matches!(b, 2 | 3 | 4 | 8), "{qw_name}: GPTQ v1 layout holds 2, 3, 4 or 8 bits, config says {b}");
         let sh = shape_of(src, &qw_name)?;
         let &[iw, o] = sh.as_slice() else { bail!("{qw_name}: shape {sh:?} is not 2-D") };
-        let (i, g) = (iw * 32 / b, meta.group_size_for(iw * 32 / b));
-        ensure!(iw * 32 % b == 0 && i % 32 == 0 && o % 32 == 0, "{qw_name}: shape {sh:?} is not a {b}-bit GPTQ qweight");
+        ensure!(iw > 0 && o > 0, "{qw_name}: empty shape {sh:?}");
+        let in_bits = mul(iw, 32, &qw_name)?;
+        let (i, g) = (in_bits / b, meta.group_size_for(in_bits / b));
+        ensure!(in_bits % b == 0 && i % 32 == 0 && o % 32 == 0, "{qw_name}: shape {sh:?} is not a {b}-bit GPTQ qweight");
         ensure!(g > 0, "{qw_name}: group_size 0");
         let ng = i.div_ceil(g);
         let qweight = le_i32s(fetch(src, &qw_name, Dtype::I32, &[iw, o])?);
-        let qzeros = le_i32s(fetch(src, &format!("{prefix}.qzeros"), Dtype::I32, &[ng, o * b / 32])?);
+        let qzeros = le_i32s(fetch(src, &format!("{prefix}.qzeros"), Dtype::I32, &[ng, mul(o, b, &qw_name)? / 32])?);
         let scales = le_f16s(fetch(src, &format!("{prefix}.scales"), Dtype::F16, &[ng, o])?);
         let gi_name = format!("{prefix}.g_idx");
         let g_idx = match src.raw(&gi_name) {

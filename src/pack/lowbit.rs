@@ -10,7 +10,7 @@
 //!
 //! Bits, group size, grid and shape live in config.json ([`LowbitModuleMeta`]).
 
-use super::{check_groupq, f16_tensor, fetch, le_f16s, matmul_decoded, read_g_idx, scales_to_f16};
+use super::{check_groupq, f16_tensor, fetch, le_f16s, matmul_decoded, mul, read_g_idx, scales_to_f16};
 use super::{stream_code, stream_word, PackedLayout, TensorSource};
 use crate::quant::{grid_value, Grid, GroupQ};
 use crate::st_write::OutTensor;
@@ -195,6 +195,9 @@ impl PackedLayout for LowbitPacked {
         let (o, i, b, gs) = (meta.out_features, meta.in_features, meta.bits, meta.group_size);
         ensure!((2..=8).contains(&b), "{prefix}: lowbit layout holds 2..=8 bits, config says {b}");
         ensure!(gs > 0, "{prefix}: group_size 0 in config");
+        ensure!(o > 0 && i > 0, "{prefix}: empty {o}x{i} weight in config");
+        // row_bytes(i, b) without overflow: ceil(i*b/32) words of 4 bytes.
+        let rb = mul(i, b as usize, prefix)?.div_ceil(32) * 4;
         let gi_name = format!("{prefix}.g_idx");
         let sc_name = format!("{prefix}.scales");
         let (g_idx, ng) = match src.raw(&gi_name) {
@@ -207,7 +210,7 @@ impl PackedLayout for LowbitPacked {
                 (Some(g), ng)
             }
         };
-        let qweight = fetch(src, &format!("{prefix}.qweight"), Dtype::U8, &[o, row_bytes(i, b)])?.to_vec();
+        let qweight = fetch(src, &format!("{prefix}.qweight"), Dtype::U8, &[o, rb])?.to_vec();
         let scales = le_f16s(fetch(src, &sc_name, Dtype::F16, &[o, ng])?);
         let qzeros = match meta.grid {
             Grid::Affine => Some(fetch(src, &format!("{prefix}.qzeros"), Dtype::U8, &[o, ng])?.to_vec()),

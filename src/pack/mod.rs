@@ -241,12 +241,14 @@ pub(crate) fn fetch<'a>(src: &'a dyn TensorSource, name: &str, dtype: Dtype, sha
     let Some(t) = src.raw(name) else { bail!("{name}: tensor missing") };
     ensure!(t.dtype == dtype, "{name}: dtype {:?}, expected {dtype:?}", t.dtype);
     ensure!(t.shape == shape, "{name}: shape {:?}, expected {shape:?}", t.shape);
-    ensure!(
-        t.data.len() == shape.iter().product::<usize>() * dtype.bitsize() / 8,
-        "{name}: {} bytes do not match shape {shape:?}",
-        t.data.len()
-    );
+    let bits = shape.iter().try_fold(dtype.bitsize(), |n, &d| n.checked_mul(d));
+    ensure!(bits.map(|b| b.div_ceil(8)) == Some(t.data.len()), "{name}: {} bytes do not match shape {shape:?}", t.data.len());
     Ok(t.data)
+}
+
+/// `a * b`, or an error saying which product of declared sizes overflows.
+pub(crate) fn mul(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| anyhow::anyhow!("{what}: {a} × {b} overflows"))
 }
 
 /// Shape of `name`, or an error naming it.

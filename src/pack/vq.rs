@@ -15,7 +15,7 @@
 //! outlier column, else `centroids[idx] + res_centroids[res_idx]`. Sizes and the presence of each
 //! optional part live in config.json ([`VqModuleMeta`]).
 
-use super::{f16_tensor, fetch, le_f16s, le_i32s, scales_to_f16, stream_code, stream_word, TensorSource};
+use super::{f16_tensor, fetch, le_f16s, le_i32s, mul, scales_to_f16, stream_code, stream_word, TensorSource};
 use crate::quant::vptq::{dequant_value, index_bits};
 use crate::quant::VqQ;
 use crate::st_write::OutTensor;
@@ -240,11 +240,13 @@ impl VqPacked {
         let (o, i, v, k) = (meta.out_features, meta.in_features, meta.vector_len, meta.n_centroids);
         ensure!(v > 0 && o.is_multiple_of(v), "{prefix}: vector_len {v} does not divide out_features {o}");
         ensure!(k > 0, "{prefix}: n_centroids is 0");
+        ensure!(o > 0 && i > 0, "{prefix}: empty {o}x{i} weight in config");
         let nv = o / v;
         let name = |n: &str| format!("{prefix}.{n}");
         let read_idx = |n: &str, rows: usize, k: usize| -> Result<PackedIndices> {
             let bits = index_bits(k);
-            let rb = row_bytes(nv, bits);
+            // row_bytes(nv, bits) without overflow: ceil(nv*bits/32) words of 4 bytes.
+            let rb = mul(nv, bits, &name(n))?.div_ceil(32) * 4;
             let data = fetch(src, &name(n), Dtype::U8, &[rows, rb])?.to_vec();
             let p = PackedIndices { bits, row_bytes: rb, data };
             p.check(rows, nv, k, &name(n))?;
