@@ -14,7 +14,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
+    RGBColor(0, 0, 128),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
 ];
