@@ -153,14 +153,10 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
         return Some(format!("{e:#}"));
     }
     if o.method == Method::Vptq {
-        let (v, k) = (o.vptq.vector_len, o.vptq.centroids);
         for spec in model.cfg.family.linears() {
             let (out, inn) = model.linear_shape(spec);
-            if out % v != 0 {
-                return Some(format!("{}: {out} outputs are not a multiple of vector length {v}", spec.name));
-            }
-            if out / v * inn < k {
-                return Some(format!("{}: fewer vectors than {k} centroids", spec.name));
+            if let Err(e) = o.vptq.check_shape(out, inn) {
+                return Some(format!("{}: {e:#}", spec.name));
             }
         }
     }

@@ -78,6 +78,28 @@ impl Default for VptqConfig {
 }
 
 impl VptqConfig {
+    /// Whether an `out × in` weight can be quantized with these settings (vector length, codebook
+    /// sizes against the number of vectors, outlier share); checked before any work.
+    pub fn check_shape(&self, out: usize, inn: usize) -> Result<()> {
+        let v = self.vector_len;
+        ensure!(v > 0, "VPTQ: vector length 0");
+        ensure!(out.is_multiple_of(v), "VPTQ: vector length {v} does not divide out_features {out}");
+        ensure!(self.centroids > 0, "VPTQ: 0 centroids");
+        ensure!((0.0..100.0).contains(&self.outlier_pct), "VPTQ: outlier_pct {} outside [0, 100)", self.outlier_pct);
+        let (nv, n_out) = (out / v, self.n_outlier_cols(inn));
+        ensure!(n_out < inn, "VPTQ: outlier_pct {} leaves no ordinary columns", self.outlier_pct);
+        let (n_main_vec, k) = ((inn - n_out) * nv, self.centroids);
+        ensure!(k <= n_main_vec, "VPTQ: {k} centroids but only {n_main_vec} vectors of length {v} to quantize ({out}x{inn} weight)");
+        ensure!(
+            self.res_centroids <= n_main_vec,
+            "VPTQ: {} residual centroids but only {n_main_vec} vectors of length {v}",
+            self.res_centroids
+        );
+        let k_out = self.outlier_codebook(out, inn);
+        ensure!(k_out <= n_out * nv, "VPTQ: {k_out} outlier centroids but only {} outlier vectors", n_out * nv);
+        Ok(())
+    }
+
     /// Number of outlier columns of an `in`-column layer: `ceil(outlier_pct / 100 · in)`.
     pub fn n_outlier_cols(&self, inn: usize) -> usize {
         if self.outlier_pct > 0.0 {
@@ -283,11 +305,8 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
     ensure!(out > 0 && inn > 0, "VPTQ: empty {out}x{inn} weight");
     ensure!(w.len() == out * inn, "VPTQ: weight has {} values, expected {out}x{inn}", w.len());
     ensure!(h.len() == inn * inn, "VPTQ: Hessian has {} values, expected {inn}x{inn}", h.len());
-    ensure!(v > 0, "VPTQ: vector length 0");
-    ensure!(out.is_multiple_of(v), "VPTQ: vector length {v} does not divide out_features {out}");
+    cfg.check_shape(out, inn)?;
     ensure!(cfg.block > 0, "VPTQ: block size 0");
-    ensure!(cfg.centroids > 0, "VPTQ: 0 centroids");
-    ensure!((0.0..100.0).contains(&cfg.outlier_pct), "VPTQ: outlier_pct {} outside [0, 100)", cfg.outlier_pct);
     ensure!(cfg.damp.is_finite() && cfg.damp >= 0.0, "VPTQ: damp {} must be a finite non-negative number", cfg.damp);
     if let Some(x) = w.iter().find(|x| !x.is_finite()) {
         bail!("VPTQ: weight value {x} is not finite");
@@ -299,7 +318,6 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
 
     // Outlier columns: top outlier_pct % by H_ii·|W[:,i]|² (original weight and Hessian).
     let n_out = cfg.n_outlier_cols(inn);
-    ensure!(n_out < inn, "VPTQ: outlier_pct {} leaves no ordinary columns", cfg.outlier_pct);
     let mut outlier_cols: Vec<u32> = Vec::new();
     if n_out > 0 {
         let score: Vec<f64> = (0..inn).map(|i| h[i * inn + i] * (0..out).map(|o| (w[o * inn + i] as f64).powi(2)).sum::<f64>()).collect();
@@ -313,12 +331,8 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         opos[c as usize] = p as u32;
     }
     let main_cols: Vec<usize> = (0..inn).filter(|&c| opos[c] == u32::MAX).collect();
-    let n_main_vec = main_cols.len() * nv;
     let k = cfg.centroids;
-    ensure!(k <= n_main_vec, "VPTQ: {k} centroids but only {n_main_vec} vectors of length {v} to quantize ({out}x{inn} weight)");
-    ensure!(cfg.res_centroids <= n_main_vec, "VPTQ: {} residual centroids but only {n_main_vec} vectors of length {v}", cfg.res_centroids);
     let k_out = cfg.outlier_codebook(out, inn);
-    ensure!(k_out <= n_out * nv, "VPTQ: {k_out} outlier centroids but only {} outlier vectors", n_out * nv);
 
     // Transposed working copy: column i of W is wt[i*out..(i+1)*out].
     let mut wt = vec![0f32; inn * out];
