@@ -187,8 +187,9 @@ pub fn perplexity_many(
                 (Some(r), Some(hr)) => {
                     let rl = chunk_logits(r, hr, chunk)?;
                     let rows: Vec<(Vec<f64>, usize)> = rl.par_chunks(vocab).map(|row| (log_softmax(row), argmax(row))).collect();
-                    for (r, &j) in chunk.iter().enumerate() {
-                        ref_acc.nll += nll_of(&rl[r * vocab..(r + 1) * vocab], win[j + 1] as usize);
+                    // -log p(target), from the same log-probabilities (the same value as nll_of).
+                    for ((lp, _), &j) in rows.iter().zip(chunk) {
+                        ref_acc.nll -= lp[win[j + 1] as usize];
                     }
                     Some(rows)
                 }
