@@ -6,6 +6,8 @@
 //! `cargo test --release --test fuzz_corpus -- --ignored regenerate_seed_corpus` rewrites the
 //! seeds from the generators below.
 
+mod common;
+use common::Rng;
 use lowbit::fuzz::SPLIT;
 use lowbit::gguf::Gguf;
 use lowbit::pack::vq::VqPacked;
@@ -133,23 +135,6 @@ fn corpus_is_small() {
 
 // ---------------------------------------------------------------------------------------------
 // Seed generators
-
-/// Deterministic pseudo-random numbers (xorshift64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32s(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next() % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn safetensors_bytes(tensors: &[OutTensor], meta: Option<&[(&str, &str)]>) -> Vec<u8> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors

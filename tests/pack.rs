@@ -1,6 +1,8 @@
 //! Packed layouts against hand-derived words, exact round trips, the reference matmul and
 //! the refusals.
 
+mod common;
+use common::Rng;
 use lowbit::pack::{bits_per_weight, AwqPacked, GptqPacked, HfQuantMeta, Layout, LowbitModuleMeta, LowbitPacked, Packed, PackedLayout};
 use lowbit::quant::{Grid, GroupQ};
 use lowbit::st_write::OutTensor;
@@ -181,22 +183,6 @@ fn lowbit3_hand_derived() {
 
 // ---------------------------------------------------------------------------------------------
 // Random round trips
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
 
 /// A random GroupQ with f16-exact scales; `permute` draws an act-order style g_idx.
 fn random_q(rng: &mut Rng, (out, inf, g): (usize, usize, usize), bits: u8, grid: Grid, zero_range: (u64, u64), permute: bool) -> GroupQ {

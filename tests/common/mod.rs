@@ -13,3 +13,28 @@ pub fn tinystories_text() -> PathBuf {
 pub fn lowbit_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lowbit"))
 }
+
+/// Deterministic pseudo-random numbers for test data (xorshift64).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in [-1, 1) with 24 random bits.
+    pub fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    /// `n` values on the grid -1, -0.999, ..., 1.
+    pub fn f32s(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (self.next() % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
