@@ -6,11 +6,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn lowbit(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(lowbit_bin()).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
-}
-
 fn calib() -> String {
     shared("data/tinyshakespeare/input.txt").display().to_string()
 }

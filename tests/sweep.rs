@@ -6,12 +6,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-
-fn lowbit(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(lowbit_bin()).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

@@ -13,6 +13,11 @@ pub fn tinystories_text() -> PathBuf {
 pub fn lowbit_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lowbit"))
 }
+/// Run the lowbit binary: exit code (-1 when killed), stdout, stderr.
+pub fn lowbit(args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(lowbit_bin()).args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
 
 /// Deterministic pseudo-random numbers for test data (xorshift64).
 pub struct Rng(pub u64);
