@@ -165,6 +165,13 @@ fn sweep_overrides_and_refusals() {
     assert!(err.contains("calibration text is the eval text"), "{err}");
     assert!(!out.exists() && std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")));
 
+    // An existing output directory is kept unless --force.
+    let a = s(&tmp.path().join("a"));
+    let (code, _, err) = lowbit(&["sweep", "--model", &mm, "--eval-text", &t, "--out", &a, "--methods", "rtn", "--bits", "4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("output directory exists (use --force"), "{err}");
+    assert!(tmp.path().join("a").join("results.json").exists());
+
     // Every combination skipped: an error, not an empty report.
     let (code, _, err) = lowbit(&["sweep", "--model", &mm, "--eval-text", &t, "--out", &o, "--methods", "vptq", "--bits", "8"]);
     assert_eq!(code, 2, "{err}");
