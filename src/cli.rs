@@ -7,7 +7,9 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Post-training quantization of LLM checkpoints on the CPU", long_about = None)]
@@ -323,11 +325,50 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-pub fn progress(len: u64, msg: &str) -> ProgressBar {
+/// Progress of a long stage on stderr: an indicatif bar on a terminal; in a log (CI, scripts,
+/// `2> file`) one plain line per step, at most one every [`LOG_EVERY`] and always the last.
+pub enum Progress {
+    Bar(ProgressBar),
+    Log { msg: String, len: u64, start: Instant, last: Option<Instant>, pos: u64 },
+}
+
+/// Minimum time between two plain progress lines.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub fn progress(len: u64, msg: &str) -> Progress {
+    if !std::io::stderr().is_terminal() {
+        return Progress::Log { msg: msg.to_string(), len, start: Instant::now(), last: None, pos: u64::MAX };
+    }
     let pb = ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
     pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}").unwrap().progress_chars("=> "));
     pb.set_message(msg.to_string());
-    pb
+    Progress::Bar(pb)
+}
+
+impl Progress {
+    pub fn set(&mut self, pos: u64, msg: &str) {
+        match self {
+            Progress::Bar(pb) => {
+                pb.set_message(msg.to_string());
+                pb.set_position(pos);
+            }
+            Progress::Log { msg: m, len, start, last, pos: p } => {
+                let changed = *m != msg || *p != pos;
+                let due = last.is_none_or(|t| t.elapsed() >= LOG_EVERY) || pos >= *len;
+                if changed && due {
+                    eprintln!("{msg}: {pos}/{len} ({:.0} s)", start.elapsed().as_secs_f64());
+                    *last = Some(Instant::now());
+                    (*m, *p) = (msg.to_string(), pos);
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        if let Progress::Bar(pb) = self {
+            pb.finish_and_clear();
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -355,9 +396,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let text = crate::calib::read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
     let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
-    let pb = progress(w.windows.len() as u64, "eval");
-    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |i| pb.set_position(i as u64))?;
-    pb.finish_and_clear();
+    let mut pb = progress(w.windows.len() as u64, "eval");
+    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |i| pb.set(i as u64, "eval"))?;
+    pb.finish();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.model.display().to_string().into();
@@ -394,14 +435,12 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let mut o = a.q.options(a.method, a.bits, a.out.clone(), a.format)?;
     o.resume = a.resume;
     o.propagate_fp = a.propagate_fp;
-    let mut pb: Option<ProgressBar> = None;
+    let mut pb: Option<Progress> = None;
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
-        let p = pb.get_or_insert_with(|| progress(n as u64, msg));
-        p.set_message(msg.to_string());
-        p.set_position(i as u64);
+        pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);
     })?;
     if let Some(p) = pb {
-        p.finish_and_clear();
+        p.finish();
     }
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -482,20 +521,20 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         score_memory: a.score_memory_mb << 20,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let mut pb: Option<(ProgressBar, String)> = None;
+    let mut pb: Option<(Progress, String)> = None;
     let r = crate::sweep::sweep(&a.q.model, &s, &mut |i, n, msg| {
         if pb.as_ref().is_none_or(|(_, m)| m != msg) {
             if let Some((p, _)) = pb.take() {
-                p.finish_and_clear();
+                p.finish();
             }
             pb = Some((progress(n as u64, msg), msg.to_string()));
         }
-        if let Some((p, _)) = &pb {
-            p.set_position(i as u64);
+        if let Some((p, _)) = &mut pb {
+            p.set(i as u64, msg);
         }
     })?;
     if let Some((p, _)) = pb {
-        p.finish_and_clear();
+        p.finish();
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -31,18 +31,24 @@ pub enum Method {
     /// StatsQ with the scale chosen to minimise the E[x²]-weighted error.
     #[value(name = "statsq-aware")]
     StatsqAware,
-    /// AWQ's scale search in front of StatsQ.
+    /// AWQ's scale search in front of statsq-aware.
     #[value(name = "awq+statsq")]
     AwqStatsq,
+    /// GPTQ's error feedback on the StatsQ grid (scales from the diag(H)-weighted search).
+    #[value(name = "gptq+statsq")]
+    GptqStatsq,
     /// DenseShift: ±s·2^-p, no zero code, MSE-optimal scale per group.
     #[value(name = "shift")]
     Shift,
     /// Shift with the scale chosen to minimise the E[x²]-weighted error.
     #[value(name = "shift-aware")]
     ShiftAware,
-    /// AWQ's scale search in front of shift quantization.
+    /// AWQ's scale search in front of shift-aware.
     #[value(name = "awq+shift")]
     AwqShift,
+    /// GPTQ's error feedback on the shift grid (scales from the diag(H)-weighted search).
+    #[value(name = "gptq+shift")]
+    GptqShift,
     /// GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab).
     #[value(name = "gptq")]
     Gptq,
@@ -60,9 +66,11 @@ impl Method {
             Method::Statsq => "statsq",
             Method::StatsqAware => "statsq-aware",
             Method::AwqStatsq => "awq+statsq",
+            Method::GptqStatsq => "gptq+statsq",
             Method::Shift => "shift",
             Method::ShiftAware => "shift-aware",
             Method::AwqShift => "awq+shift",
+            Method::GptqShift => "gptq+shift",
             Method::Gptq => "gptq",
             Method::Vptq => "vptq",
         }
@@ -77,12 +85,14 @@ impl Method {
         let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
-            Method::Awq | Method::AwqStatsq | Method::AwqShift => awq,
+            Method::Awq => awq,
+            // AWQ's search in front of the aware quantizer.
+            Method::AwqStatsq | Method::AwqShift => Needs { mean_sq: o.aware_weight == AwareWeight::MeanSq, ..awq },
             Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
                 AwareWeight::MeanSq => Needs { mean_sq: true, ..Needs::default() },
                 AwareWeight::MeanAbs => Needs { mean_abs: true, ..Needs::default() },
             },
-            Method::Gptq | Method::Vptq => Needs { hessian: true, ..Needs::default() },
+            Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq => Needs { hessian: true, ..Needs::default() },
         }
     }
 
@@ -93,7 +103,7 @@ impl Method {
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        matches!(self, Method::Gptq | Method::Vptq)
+        matches!(self, Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
     }
 
     /// Vector quantization (stored in the VQ layout, lowbit format only).
@@ -274,29 +284,47 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
 fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
     let mut q = rtn::quantize(&vec![0.0; out * inn], out, inn, p.bits, p.group_size, sym);
     q.grid = match p.method {
-        Method::Statsq | Method::StatsqAware | Method::AwqStatsq => crate::quant::Grid::HalfInt,
-        Method::Shift | Method::ShiftAware | Method::AwqShift => crate::quant::Grid::Shift,
+        Method::Statsq | Method::StatsqAware | Method::AwqStatsq | Method::GptqStatsq => crate::quant::Grid::HalfInt,
+        Method::Shift | Method::ShiftAware | Method::AwqShift | Method::GptqShift => crate::quant::Grid::Shift,
         _ => crate::quant::Grid::Affine,
     };
     q
 }
 
-/// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against).
-/// A boxed row quantizer.
-type RowQuantizer = Box<dyn Fn(&mut [f32]) + Sync>;
+/// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against). The
+/// row arrives multiplied by the candidate channel scales `s`; `imp` is the aware methods'
+/// importance of the unscaled inputs, which the quantizer sees through `s` ([`scaled_importance`]).
+type RowQuantizer = Box<dyn Fn(&mut [f32], &[f32]) + Sync>;
 
-fn row_quantizer(p: LinearPlan, sym: bool) -> RowQuantizer {
+fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
     match p.method {
-        Method::Statsq | Method::StatsqAware | Method::AwqStatsq => Box::new(move |row: &mut [f32]| {
-            let d = statsq::statsq(row, 1, row.len(), b, g, None).dequantize();
+        Method::AwqStatsq => Box::new(move |row: &mut [f32], s: &[f32]| {
+            let d = statsq::statsq(row, 1, row.len(), b, g, Some(&scaled_importance(&imp, Some(s), aw))).dequantize();
             row.copy_from_slice(&d);
         }),
-        Method::Shift | Method::ShiftAware | Method::AwqShift => Box::new(move |row: &mut [f32]| {
-            let d = shift::shift(row, 1, row.len(), b, g, None).dequantize();
+        Method::AwqShift => Box::new(move |row: &mut [f32], s: &[f32]| {
+            let d = shift::shift(row, 1, row.len(), b, g, Some(&scaled_importance(&imp, Some(s), aw))).dequantize();
             row.copy_from_slice(&d);
         }),
         _ => Box::new(awq::rtn_row(b, g, sym)),
+    }
+}
+
+/// Importance of a linear's input channels for the aware quantizers, after AWQ folded the
+/// channel scales `s` into the weight: the inputs become `x/s`, so `E[x²]` becomes `E[x²]/s²`
+/// and `E|x|` becomes `E|x|/s`.
+fn scaled_importance(imp: &[f32], s: Option<&[f32]>, aw: AwareWeight) -> Vec<f32> {
+    match s {
+        None => imp.to_vec(),
+        Some(s) => imp
+            .iter()
+            .zip(s)
+            .map(|(v, s)| match aw {
+                AwareWeight::MeanSq => v / (s * s),
+                AwareWeight::MeanAbs => v / s,
+            })
+            .collect(),
     }
 }
 
@@ -312,6 +340,12 @@ fn quantize_layer(
     let specs = model.cfg.family.linears();
     let plan_of = |name: &str| specs.iter().position(|s| s.name == name).and_then(|i| plans[i]);
     let gqa = model.cfg.num_kv_heads != model.cfg.num_heads;
+    let importance = |st: &InputStats| match o.aware_weight {
+        AwareWeight::MeanSq => st.mean_sq(),
+        AwareWeight::MeanAbs => st.mean_abs(),
+    };
+    // AWQ channel scales folded into each input's consumers (awq+statsq / awq+shift read them).
+    let mut folded: HashMap<Input, Vec<f32>> = HashMap::new();
     for g in model.cfg.family.scale_groups(gqa) {
         // The group is searched when its linears use an AWQ-family method (the first one's plan
         // sets the quantizer the search scores against).
@@ -320,9 +354,11 @@ fn quantize_layer(
         let st = &stats[&g.input];
         let inn = st.dim;
         let ws: Vec<&[f32]> = g.linears.iter().map(|n| lw.get(n).w.as_slice()).collect();
-        let fq = row_quantizer(p, o.sym);
+        let imp = if p.method == Method::Awq { Vec::new() } else { importance(st) };
+        let fq = row_quantizer(p, o.sym, imp, o.aware_weight);
         let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
         awq::apply_scale(lw, &g, &s);
+        folded.insert(g.input, s.clone());
         if cfg.clip && p.method == Method::Awq {
             // The group's inputs are now x / s.
             let n = st.sample_rows().min(512);
@@ -342,24 +378,28 @@ fn quantize_layer(
             continue;
         };
         let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
-        let imp = || match o.aware_weight {
-            AwareWeight::MeanSq => stats[&l.spec.input].mean_sq(),
-            AwareWeight::MeanAbs => stats[&l.spec.input].mean_abs(),
-        };
+        let imp = || scaled_importance(&importance(&stats[&l.spec.input]), folded.get(&l.spec.input).map(|s| s.as_slice()), o.aware_weight);
         if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
             hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
         }
         let h = || &hessians[&l.spec.input];
         let q = match p.method {
             Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
-            Method::Statsq | Method::AwqStatsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
-            Method::StatsqAware => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
-            Method::Shift | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
-            Method::ShiftAware => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
-            Method::Gptq => {
+            Method::Statsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
+            Method::StatsqAware | Method::AwqStatsq => {
+                QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp())))
+            }
+            Method::Shift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
+            Method::ShiftAware | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
+            Method::Gptq | Method::GptqStatsq | Method::GptqShift => {
                 let mut cfg = gptq::GptqConfig::new(p.bits, p.group_size, o.sym);
                 cfg.act_order = o.act_order;
                 cfg.static_groups = o.static_groups;
+                cfg.grid = match p.method {
+                    Method::GptqStatsq => crate::quant::Grid::HalfInt,
+                    Method::GptqShift => crate::quant::Grid::Shift,
+                    _ => crate::quant::Grid::Affine,
+                };
                 QTensor::Group(gptq::gptq(&l.w, l.out, l.inn, h(), &cfg).with_context(|| format!("{prefix}: GPTQ"))?.0)
             }
             Method::Vptq => QTensor::Vq(vptq::vptq(&l.w, l.out, l.inn, h(), &o.vptq).with_context(|| format!("{prefix}: VPTQ"))?.0),
@@ -397,7 +437,7 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         plans.push(row);
     }
     if plans.iter().flatten().all(Option::is_none) {
-        bail!("nothing to quantize: every linear is skipped or does not fit --format {:?}", o.format);
+        bail!("nothing to quantize: every linear is skipped or does not fit --format {}", format!("{:?}", o.format).to_lowercase());
     }
     Ok(plans)
 }

@@ -3,7 +3,7 @@
 //! refusal and thread-count determinism.
 
 use lowbit::quant::gptq::{gptq, GptqConfig};
-use lowbit::quant::{rtn, Grid, GroupQ};
+use lowbit::quant::{grid_value, rtn, shift, statsq, Grid, GroupQ};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -70,7 +70,10 @@ fn inverse(a: &[f64], n: usize) -> Vec<f64> {
 /// The paper's algorithm column by column (Frantar et al. 2022, eq. 2-3 / OBQ): quantize column
 /// j, move the other unquantized columns by `-(w_j - q_j)/[H⁻¹]_jj · H⁻¹[j, :]`, then eliminate j
 /// from `H⁻¹` (`H⁻¹ -= H⁻¹[:, j]·H⁻¹[j, :] / H⁻¹[j][j]`). Same conventions as the library
-/// (dead channels, damping, act-order by decreasing diag, rtn grid, refit on entering a group).
+/// (dead channels, damping, act-order by decreasing diag, refit on entering a group). On the
+/// affine grid the params are rtn's; on the zero-free grids the group scale is the
+/// diag(H)-weighted StatsQ / shift search and the code is the nearest level, found by trying
+/// every code.
 fn reference(w: &[f32], out: usize, d: usize, h: &[f64], cfg: &GptqConfig) -> GroupQ {
     let (g, bits) = (cfg.group_size, cfg.bits);
     let ng = d.div_ceil(g);
@@ -87,12 +90,29 @@ fn reference(w: &[f32], out: usize, d: usize, h: &[f64], cfg: &GptqConfig) -> Gr
     let hp: Vec<f64> = (0..d * d).map(|k| h[perm[k / d] * d + perm[k % d]] + if k / d == k % d { lambda } else { 0.0 }).collect();
     let mut hinv = inverse(&hp, d);
     let mut wp: Vec<f64> = (0..out * d).map(|k| if dead[perm[k % d]] { 0.0 } else { w[k / d * d + perm[k % d]] as f64 }).collect();
+    let imp: Vec<f32> = (0..d).map(|c| if dead[c] { 0.0 } else { h[c * d + c] as f32 }).collect();
+    let fit = |v: &[f32], imp: &[f32]| match cfg.grid {
+        Grid::Affine => rtn::params_of(v, bits, cfg.sym),
+        Grid::HalfInt => rtn::Params { scale: statsq::statsq(v, 1, v.len(), bits, v.len(), Some(imp)).scales[0], zero: 0 },
+        Grid::Shift => rtn::Params { scale: shift::shift(v, 1, v.len(), bits, v.len(), Some(imp)).scales[0], zero: 0 },
+    };
+    let code = |w: f32, p: rtn::Params| match cfg.grid {
+        Grid::Affine => rtn::quantize_value(w, p, bits),
+        grid => (0..1u16 << bits)
+            .map(|q| q as u8)
+            .min_by(|&a, &b| {
+                let (va, vb) = (grid_value(grid, bits, a, p.scale, 0), grid_value(grid, bits, b, p.scale, 0));
+                // Ties (the zero weights of dead channels) go to the larger level, as both grids do.
+                (w - va).abs().total_cmp(&(w - vb).abs()).then(vb.total_cmp(&va))
+            })
+            .unwrap(),
+    };
     let mut params = vec![rtn::Params { scale: 0.0, zero: 0 }; out * ng];
     if cfg.static_groups {
         for r in 0..out {
             let row: Vec<f32> = (0..d).map(|c| if dead[c] { 0.0 } else { w[r * d + c] }).collect();
             for (k, (a, b)) in rtn::groups(d, g).enumerate() {
-                params[r * ng + k] = rtn::params_of(&row[a..b], bits, cfg.sym);
+                params[r * ng + k] = fit(&row[a..b], &imp[a..b]);
             }
         }
     }
@@ -103,13 +123,15 @@ fn reference(w: &[f32], out: usize, d: usize, h: &[f64], cfg: &GptqConfig) -> Gr
         for r in 0..out {
             let row = &mut wp[r * d..(r + 1) * d];
             if !cfg.static_groups && j % g == 0 {
-                let cur: Vec<f32> = row[j..(j + g).min(d)].iter().map(|&v| v as f32).collect();
-                params[r * ng + grp] = rtn::params_of(&cur, bits, cfg.sym);
+                let end = (j + g).min(d);
+                let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
+                let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
+                params[r * ng + grp] = fit(&cur, &cur_imp);
             }
             let p = params[r * ng + grp];
-            let q = rtn::quantize_value(row[j] as f32, p, bits);
+            let q = code(row[j] as f32, p);
             codes[r * d + perm[j]] = q;
-            let e = (row[j] - rtn::dequantize_value(q, p) as f64) / hjj;
+            let e = (row[j] - grid_value(cfg.grid, bits, q, p.scale, p.zero) as f64) / hjj;
             for k in j + 1..d {
                 row[k] -= e * hinv[j * d + k];
             }
@@ -133,7 +155,7 @@ fn reference(w: &[f32], out: usize, d: usize, h: &[f64], cfg: &GptqConfig) -> Gr
         in_features: d,
         bits,
         group_size: g,
-        grid: Grid::Affine,
+        grid: cfg.grid,
         codes,
         scales: params.iter().map(|p| p.scale).collect(),
         zeros: params.iter().map(|p| p.zero).collect(),
@@ -170,6 +192,52 @@ fn matches_column_by_column_reference() {
         }
     }
     assert_eq!(cases, 3 * 2 * 2 * 4 * 6);
+}
+
+/// The same on the zero-free grids (`gptq+statsq`, `gptq+shift`) at 2 and 3 bits.
+#[test]
+fn zero_free_grids_match_column_by_column_reference() {
+    for (seed, out, d, dead) in [(1u64, 8usize, 32usize, vec![]), (2, 40, 32, vec![5usize, 17])] {
+        let (w, h) = layer(seed, out, d, &dead);
+        for grid in [Grid::HalfInt, Grid::Shift] {
+            for bits in [2u8, 3] {
+                for (act_order, static_groups) in [(false, false), (true, false), (false, true)] {
+                    let mut cfg = GptqConfig { act_order, static_groups, grid, ..GptqConfig::new(bits, 8, false) };
+                    let want = reference(&w, out, d, &h, &cfg);
+                    for block in [1usize, 8, 128] {
+                        cfg.block = block;
+                        let (got, _) = gptq(&w, out, d, &h, &cfg).unwrap();
+                        assert_eq!(got, want, "{grid:?} seed {seed} bits {bits} act {act_order} static {static_groups} block {block}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On the zero-free grids GPTQ's H-weighted error is below that of the same grid's diag(H)-aware
+/// quantizer without error feedback, and the report names that baseline.
+#[test]
+fn zero_free_grids_beat_their_aware_quantizer() {
+    let (out, d) = (48, 96);
+    for seed in 10..13u64 {
+        let (w, h) = layer(seed, out, d, &[]);
+        let imp: Vec<f32> = (0..d).map(|c| h[c * d + c] as f32).collect();
+        for grid in [Grid::HalfInt, Grid::Shift] {
+            for bits in [2u8, 3, 4] {
+                let cfg = GptqConfig { grid, ..GptqConfig::new(bits, 32, false) };
+                let (q, rep) = gptq(&w, out, d, &h, &cfg).unwrap();
+                assert_eq!(q.grid, grid);
+                let base = match grid {
+                    Grid::HalfInt => statsq::statsq(&w, out, d, bits, 32, Some(&imp)),
+                    _ => shift::shift(&w, out, d, bits, 32, Some(&imp)),
+                };
+                let (e, e_base) = (h_err(&w, &q.dequantize(), d, &h), h_err(&w, &base.dequantize(), d, &h));
+                assert!((rep.rtn_error - e_base).abs() <= 1e-9 * e_base, "report {} vs {e_base}", rep.rtn_error);
+                assert!(e < 0.9 * e_base, "{grid:?} seed {seed} bits {bits}: gptq {e} vs aware {e_base}");
+            }
+        }
+    }
 }
 
 /// Dead channels quantize to exact zeros; the report leaves them out (their H rows are zero).

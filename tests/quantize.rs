@@ -163,7 +163,7 @@ fn killed_run_leaves_no_output() {
 fn statsq_and_shift_at_2_and_3_bits() {
     let tmp = tempfile::tempdir().unwrap();
     let fp = 5.7351;
-    for m in ["statsq", "statsq-aware", "awq+statsq", "shift", "shift-aware", "awq+shift"] {
+    for m in ["statsq", "statsq-aware", "awq+statsq", "gptq+statsq", "shift", "shift-aware", "awq+shift", "gptq+shift"] {
         for bits in [3, 2] {
             let out = tmp.path().join(format!("{m}{bits}"));
             quantize(&out, m, bits, &[]);

@@ -49,12 +49,13 @@ fn weight_mean(ws: &[&[f32]], inn: usize, group: usize) -> Vec<f32> {
     acc.iter().map(|v| (v / rows as f64) as f32).collect()
 }
 
-/// Fake quantization of one weight row (`inn` values) by the method that follows the search.
-pub type RowFakeQuant<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+/// Fake quantization of one weight row (`inn` values, already multiplied by the candidate
+/// channel scales `s`, the second argument) by the method that follows the search.
+pub type RowFakeQuant<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
 
 /// RTN fake quantization of a row, group by group: the quantizer AWQ itself uses.
-pub fn rtn_row(bits: u8, group: usize, sym: bool) -> impl Fn(&mut [f32]) + Sync {
-    move |row: &mut [f32]| {
+pub fn rtn_row(bits: u8, group: usize, sym: bool) -> impl Fn(&mut [f32], &[f32]) + Sync {
+    move |row: &mut [f32], _s: &[f32]| {
         let n = row.len();
         for (a, b) in rtn::groups(n, group) {
             rtn::fake_quant_group(&mut row[a..b], bits, sym);
@@ -63,7 +64,7 @@ pub fn rtn_row(bits: u8, group: usize, sym: bool) -> impl Fn(&mut [f32]) + Sync 
 }
 
 /// Search the input-channel scales of one group. `x` holds `n` sampled input rows; `fq` is the
-/// quantizer the weights will get (RTN for AWQ, StatsQ or shift for `awq+statsq`/`awq+shift`).
+/// quantizer the weights will get (RTN for AWQ, aware StatsQ or shift for `awq+statsq`/`awq+shift`).
 pub fn search_scale(cfg: &AwqConfig, x: &[f32], n: usize, x_mean: &[f32], ws: &[&[f32]], inn: usize, fq: RowFakeQuant) -> (Vec<f32>, f32) {
     let outs: Vec<usize> = ws.iter().map(|w| w.len() / inn).collect();
     let wcat: Vec<f32> = ws.iter().flat_map(|w| w.iter().copied()).collect();
@@ -86,7 +87,7 @@ pub fn search_scale(cfg: &AwqConfig, x: &[f32], n: usize, x_mean: &[f32], ws: &[
         let mut wq = wcat.clone();
         wq.par_chunks_mut(inn).for_each(|row| {
             row.iter_mut().zip(&s).for_each(|(w, s)| *w *= s);
-            fq(row);
+            fq(row, &s);
             row.iter_mut().zip(&s).for_each(|(w, s)| *w /= s);
         });
         let yq = matmul_bt(x, n, inn, &wq, out);

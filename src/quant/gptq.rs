@@ -10,7 +10,10 @@
 //! * Dead input channels (`H[i][i] == 0`) get `H[i][i] = 1` and `W[:, i] = 0`.
 //! * Damping: `λ = damp · mean(diag H)` is added to the diagonal.
 //! * `act_order`: columns are visited in order of decreasing `diag(H)`.
-//! * Group parameters are exactly [`rtn::params_of`] (f16-rounded scales), so the returned
+//! * Grids: the affine grid of [`rtn`] (GPTQ proper), or the zero-free StatsQ (`HalfInt`) and
+//!   shift grids (`gptq+statsq`, `gptq+shift`), whose group scale is the aware StatsQ / shift
+//!   search weighted by the group's `diag(H)` and whose code is the nearest level.
+//! * Affine group parameters are exactly [`rtn::params_of`] (f16-rounded scales), so the returned
 //!   [`GroupQ`] reproduces the weights GPTQ computed with. By default they are refitted on the
 //!   current (already error-compensated) weights when the walk enters a new group, in walk order;
 //!   with `static_groups` they come from the original weight's natural groups before the walk.
@@ -37,7 +40,7 @@
 //! the thread count, so the result is bit-identical for any number of threads.
 
 use super::rtn::{self, Params};
-use super::{Grid, GroupQ};
+use super::{grid_value, shift, statsq, Grid, GroupQ};
 use anyhow::{anyhow, ensure, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
@@ -65,12 +68,59 @@ pub struct GptqConfig {
     pub damp: f64,
     /// Columns per lazy-update block (GPTQ's `blocksize`).
     pub block: usize,
+    /// The grid columns are rounded to: `Affine` (RTN's params, GPTQ proper), or the zero-free
+    /// `HalfInt` (StatsQ) / `Shift` grids, whose group scales come from the aware StatsQ / shift
+    /// search weighted by `diag(H)` (`gptq+statsq`, `gptq+shift`).
+    pub grid: Grid,
 }
 
 impl GptqConfig {
     /// GPTQ's defaults: no act-order, groups refitted in walk order, damp 0.01, blocks of 128.
     pub fn new(bits: u8, group_size: usize, sym: bool) -> Self {
-        Self { bits, group_size, sym, act_order: false, static_groups: false, damp: 0.01, block: 128 }
+        Self { bits, group_size, sym, act_order: false, static_groups: false, damp: 0.01, block: 128, grid: Grid::Affine }
+    }
+}
+
+/// One group's fitted parameters, the code of a value and the value of a code, on the grid of
+/// a [`GptqConfig`]. `imp` (the group's `diag(H)`) steers the zero-free grids' scale search.
+#[derive(Clone, Copy)]
+struct ColumnGrid {
+    grid: Grid,
+    bits: u8,
+    sym: bool,
+}
+
+impl ColumnGrid {
+    fn fit(&self, v: &[f32], imp: &[f32]) -> Params {
+        let (b, n) = (self.bits, v.len());
+        match self.grid {
+            Grid::Affine => rtn::params_of(v, b, self.sym),
+            Grid::HalfInt => Params { scale: statsq::statsq(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
+            Grid::Shift => Params { scale: shift::shift(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
+        }
+    }
+
+    #[inline]
+    fn code(&self, w: f32, p: Params) -> u8 {
+        match self.grid {
+            Grid::Affine => rtn::quantize_value(w, p, self.bits),
+            Grid::HalfInt => statsq::statsq_code(w, p.scale, self.bits),
+            Grid::Shift => shift::shift_code(w, p.scale, self.bits),
+        }
+    }
+
+    #[inline]
+    fn value(&self, code: u8, p: Params) -> f32 {
+        grid_value(self.grid, self.bits, code, p.scale, p.zero)
+    }
+
+    /// The same weight quantized group by group without error feedback (the report's baseline).
+    fn baseline(&self, w: &[f32], out: usize, inn: usize, group: usize, imp: &[f32]) -> GroupQ {
+        match self.grid {
+            Grid::Affine => rtn::quantize(w, out, inn, self.bits, group, self.sym),
+            Grid::HalfInt => statsq::statsq(w, out, inn, self.bits, group, Some(imp)),
+            Grid::Shift => shift::shift(w, out, inn, self.bits, group, Some(imp)),
+        }
     }
 }
 
@@ -79,7 +129,8 @@ pub struct GptqReport {
     /// `tr((W - Q)·H·(W - Q)ᵀ)` of the GPTQ result, with the undamped `H` as given (dead
     /// channels, whose rows of `H` are zero, left out).
     pub h_weighted_error: f64,
-    /// The same for plain RTN ([`rtn::quantize`]) at the same bits / group / symmetry.
+    /// The same without error feedback at the same bits / group: plain RTN ([`rtn::quantize`])
+    /// on the affine grid, the diag(H)-weighted StatsQ / shift on the zero-free grids.
     pub rtn_error: f64,
     /// Wall time of the whole call (including both error evaluations).
     pub seconds: f64,
@@ -95,6 +146,7 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     ensure!(w.len() == out * n, "gptq: weight has {} values, expected {out}x{n}", w.len());
     ensure!(h.len() == n * n, "gptq: Hessian has {} values, expected {n}x{n}", h.len());
     ensure!((1..=8).contains(&bits), "gptq: bits must be in 1..=8, got {bits}");
+    ensure!(cfg.grid == Grid::Affine || bits >= 2, "gptq: the {:?} grid needs at least 2 bits", cfg.grid);
     ensure!(g > 0 && cfg.block > 0, "gptq: group size and block size must be at least 1");
     ensure!(cfg.damp.is_finite() && cfg.damp >= 0.0, "gptq: damp must be finite and >= 0, got {}", cfg.damp);
     ensure!(w.iter().all(|v| v.is_finite()), "gptq: weight has non-finite values");
@@ -104,6 +156,9 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     // Dead channels, walk order, damped Hessian in walk order, and U = chol(H⁻¹)ᵀ.
     let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
     let diag = |i: usize| if dead[i] { 1.0 } else { h[i * n + i] };
+    let cg = ColumnGrid { grid: cfg.grid, bits, sym: cfg.sym };
+    // diag(H) per original column (0 on dead ones), the zero-free grids' importance.
+    let imp: Vec<f32> = (0..n).map(|i| if dead[i] { 0.0 } else { h[i * n + i] as f32 }).collect();
     let mut perm: Vec<usize> = (0..n).collect();
     if cfg.act_order {
         perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a))); // stable: ties keep index order
@@ -138,7 +193,7 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
         in_features: n,
         bits,
         group_size: g,
-        grid: Grid::Affine,
+        grid: cfg.grid,
         codes: vec![0; out * n],
         scales: vec![0.0; out * ng],
         zeros: vec![0; out * ng],
@@ -169,7 +224,7 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
                 for (r, row) in w.chunks(n).enumerate() {
                     let row: Vec<f32> = row.iter().enumerate().map(|(i, &v)| if dead[i] { 0.0 } else { v }).collect();
                     for (k, (a, b)) in rtn::groups(n, g).enumerate() {
-                        params[r * ng + k] = rtn::params_of(&row[a..b], bits, cfg.sym);
+                        params[r * ng + k] = cg.fit(&row[a..b], &imp[a..b]);
                     }
                 }
             }
@@ -183,13 +238,15 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
                     for j in i1..i2 {
                         let k = r * ng + group_at(j);
                         if refit && j % g == 0 {
-                            let cur: Vec<f32> = row[j..(j + g).min(n)].iter().map(|&v| v as f32).collect();
-                            params[k] = rtn::params_of(&cur, bits, cfg.sym);
+                            let end = (j + g).min(n);
+                            let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
+                            let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
+                            params[k] = cg.fit(&cur, &cur_imp);
                         }
                         let p = params[k];
-                        let code = rtn::quantize_value(row[j] as f32, p, bits);
+                        let code = cg.code(row[j] as f32, p);
                         codes[r * n + perm[j]] = code;
-                        let e = (row[j] - rtn::dequantize_value(code, p) as f64) / u[j * n + j];
+                        let e = (row[j] - cg.value(code, p) as f64) / u[j * n + j];
                         err[r * b + j - i1] = e;
                         for (x, &hij) in row[j + 1..i2].iter_mut().zip(&u[j * n + j + 1..j * n + i2]) {
                             *x -= e * hij;
@@ -233,7 +290,7 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
             .sum()
     };
     let h_weighted_error = err_sq.iter().sum::<f64>() - lambda * sq_norm(&q.dequantize());
-    let rtn_q = rtn::quantize(w, out, n, bits, g, cfg.sym).dequantize();
+    let rtn_q = cg.baseline(w, out, n, g, &imp).dequantize();
     let rtn_error = l_error(w, &rtn_q, &perm, &dead, &l) - lambda * sq_norm(&rtn_q);
     Ok((q, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
 }

@@ -27,11 +27,18 @@ use super::statsq::stored_scale;
 use super::{Grid, GroupQ};
 use rayon::prelude::*;
 
-/// `2^(-p)` for every exponent a code can hold (`p <= 127`), computed as [`super::grid_value`]
-/// does, so that `s * pow[p]` is bit-identical to the dequantized value.
-fn pow_table() -> [f32; 128] {
-    std::array::from_fn(|p| (-(p as f32)).exp2())
-}
+/// `2^(-p)` for every exponent a code can hold (`p <= 127`): exact powers of two, so equal to
+/// [`super::grid_value`]'s `exp2(-p)` and `s * POW[p]` is bit-identical to the dequantized value
+/// (2^-127 is the subnormal with bit 22 set).
+const POW: [f32; 128] = {
+    let mut t = [0f32; 128];
+    let mut p = 0;
+    while p < 128 {
+        t[p] = if p < 127 { f32::from_bits((127 - p as u32) << 23) } else { f32::from_bits(1 << 22) };
+        p += 1;
+    }
+    t
+};
 
 /// The levels `s·2^(-p)` of one scale and the midpoints between neighbours (a buffer reused
 /// across the candidate scales of a search).
@@ -88,7 +95,7 @@ impl Levels {
 /// The shift code of `w` for the (already stored) scale `scale`: exact nearest level.
 pub fn shift_code(w: f32, scale: f32, bits: u8) -> u8 {
     let mut l = Levels::new(bits);
-    l.set(scale, &pow_table());
+    l.set(scale, &POW);
     l.code(w, bits)
 }
 
@@ -148,7 +155,7 @@ pub fn shift(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, weight: 
     if let Some(v) = weight {
         assert_eq!(v.len(), inn, "shift: {} importances for {inn} input columns", v.len());
     }
-    let pow = pow_table();
+    let pow = &POW;
     let ng = inn.div_ceil(group);
     let mut codes = vec![0u8; out * inn];
     let mut scales = vec![0f32; out * ng];
@@ -159,12 +166,12 @@ pub fn shift(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, weight: 
                 let v = &row[a..b];
                 let imp = weight.map(|x| &x[a..b]).filter(|x| x.iter().any(|&i| i > 0.0));
                 let s = match imp {
-                    Some(x) => best_scale(v, |k| x[k].max(0.0), bits, &pow),
-                    None => best_scale(v, |_| 1.0, bits, &pow),
+                    Some(x) => best_scale(v, |k| x[k].max(0.0), bits, pow),
+                    None => best_scale(v, |_| 1.0, bits, pow),
                 };
                 sr[g] = s;
                 let mut l = Levels::new(bits);
-                l.set(s, &pow);
+                l.set(s, pow);
                 for (q, &x) in qr[a..b].iter_mut().zip(v) {
                     *q = l.code(x, bits);
                 }
@@ -236,4 +243,14 @@ pub fn shift_matmul(q: &GroupQ, x: &[f32], rows: usize) -> Vec<f32> {
         }
     });
     y
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pow_table_is_exp2() {
+        for (p, &v) in super::POW.iter().enumerate() {
+            assert_eq!(v.to_bits(), (-(p as f32)).exp2().to_bits(), "2^-{p}");
+        }
+    }
 }
