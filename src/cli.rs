@@ -326,7 +326,8 @@ pub struct InspectArgs {
 }
 
 /// Progress of a long stage on stderr: an indicatif bar on a terminal; in a log (CI, scripts,
-/// `2> file`) one plain line per step, at most one every [`LOG_EVERY`] and always the last.
+/// `2> file`) one plain line per finished step, at most one every [`LOG_EVERY`] and always the
+/// last.
 pub enum Progress {
     Bar(ProgressBar),
     Log { msg: String, len: u64, start: Instant, last: Option<Instant>, pos: u64 },
@@ -353,7 +354,8 @@ impl Progress {
                 pb.set_position(pos);
             }
             Progress::Log { msg: m, len, start, last, pos: p } => {
-                let changed = *m != msg || *p != pos;
+                // Nothing to report before the first step is done.
+                let changed = pos > 0 && (*m != msg || *p != pos);
                 let due = last.is_none_or(|t| t.elapsed() >= LOG_EVERY) || pos >= *len;
                 if changed && due {
                     eprintln!("{msg}: {pos}/{len} ({:.0} s)", start.elapsed().as_secs_f64());

@@ -9,11 +9,11 @@ fn run(args: &[&str]) -> (i32, String, String) {
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }
 
-/// Expect exit 2 and a single stderr line containing every fragment.
+/// Expect exit 2 and a single stderr line (besides progress lines) containing every fragment.
 fn expect_error(args: &[&str], fragments: &[&str]) {
     let (code, _, err) = run(args);
     assert_eq!(code, 2, "args {args:?}: exit {code}, stderr {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !is_progress(l)).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
     for f in fragments {

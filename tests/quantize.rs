@@ -79,7 +79,7 @@ fn deterministic_across_thread_counts() {
 fn expect_refusal(args: &[&str], fragment: &str) {
     let (code, _, err) = lowbit(args);
     assert_eq!(code, 2, "{args:?}: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty() && !is_progress(l)).count(), 1, "{err}");
     assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
 }
 
@@ -282,4 +282,22 @@ fn dry_run_predicts_the_size_and_writes_nothing() {
     assert_eq!(dry["linear_bpw"], real["linear_bpw"]);
     let on_disk = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
     assert!(on_disk >= real["bytes"].as_u64().unwrap(), "tensor bytes exceed the file");
+}
+
+/// With stderr captured (not a terminal), progress is plain lines, ending with the last step;
+/// stdout holds only the result.
+#[test]
+fn progress_is_plain_lines_in_a_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p");
+    let m = stories();
+    let (code, stdout, err) =
+        lowbit(&["quantize", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--method", "rtn", "--bits", "4", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<serde_json::Value>(stdout.trim()).expect("stdout is one JSON document");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| is_progress(l)), "{err}");
+    assert!(lines.last().unwrap().starts_with("writing: 5/5 ("), "{err}");
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "terminal control characters in a log: {err:?}");
+    assert!(!is_progress("error: model.safetensors: 1/2 (0 s)") && is_progress("eval: 12/16 (539 s)"));
 }

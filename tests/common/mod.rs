@@ -43,3 +43,12 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// A plain progress line (stderr is not a terminal here), e.g. `quantizing: 2/5 (0 s)`.
+pub fn is_progress(l: &str) -> bool {
+    l.split_once(": ").is_some_and(|(what, rest)| {
+        what.chars().all(|c| c.is_ascii_lowercase() || c == ' ')
+            && rest.ends_with(" s)")
+            && rest.split_once(' ').is_some_and(|(n, _)| n.split('/').all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())))
+    })
+}
