@@ -6,7 +6,7 @@ use crate::arch::Input;
 use crate::checkpoint;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, GroupQ, QTensor};
+use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
@@ -110,6 +110,15 @@ impl Method {
     fn is_vq(self) -> bool {
         matches!(self, Method::Vptq)
     }
+
+    /// The scalar grid this method's codes live on (VPTQ, which has none, reports `Affine`).
+    fn grid(self) -> Grid {
+        match self {
+            Method::Statsq | Method::StatsqAware | Method::AwqStatsq | Method::GptqStatsq => Grid::HalfInt,
+            Method::Shift | Method::ShiftAware | Method::AwqShift | Method::GptqShift => Grid::Shift,
+            Method::Rtn | Method::Awq | Method::Gptq | Method::Vptq => Grid::Affine,
+        }
+    }
 }
 
 /// How one linear is quantized: method, bits and group size (after `--override`).
@@ -155,6 +164,17 @@ pub enum Format {
     Awq,
     /// GPTQ v1 (2/3/4/8-bit).
     Gptq,
+}
+
+impl Format {
+    /// The `--format` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Lowbit => "lowbit",
+            Format::Awq => "awq",
+            Format::Gptq => "gptq",
+        }
+    }
 }
 
 /// The per-input-channel importance that weights statsq-aware's and shift-aware's scale search.
@@ -283,11 +303,7 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
 /// An all-zero weight quantized with a plan's grid: for layout checks and --dry-run sizes.
 fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
     let mut q = rtn::quantize(&vec![0.0; out * inn], out, inn, p.bits, p.group_size, sym);
-    q.grid = match p.method {
-        Method::Statsq | Method::StatsqAware | Method::AwqStatsq | Method::GptqStatsq => crate::quant::Grid::HalfInt,
-        Method::Shift | Method::ShiftAware | Method::AwqShift | Method::GptqShift => crate::quant::Grid::Shift,
-        _ => crate::quant::Grid::Affine,
-    };
+    q.grid = p.method.grid();
     q
 }
 
@@ -296,17 +312,19 @@ fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
 /// importance of the unscaled inputs, which the quantizer sees through `s` ([`scaled_importance`]).
 type RowQuantizer = Box<dyn Fn(&mut [f32], &[f32]) + Sync>;
 
+/// [`statsq::statsq`] or [`shift::shift`]: `(w, out, inn, bits, group, importance) -> codes`.
+type ZeroFreeQuantizer = fn(&[f32], usize, usize, u8, usize, Option<&[f32]>) -> GroupQ;
+
 fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
     match p.method {
-        Method::AwqStatsq => Box::new(move |row: &mut [f32], s: &[f32]| {
-            let d = statsq::statsq(row, 1, row.len(), b, g, Some(&scaled_importance(&imp, Some(s), aw))).dequantize();
-            row.copy_from_slice(&d);
-        }),
-        Method::AwqShift => Box::new(move |row: &mut [f32], s: &[f32]| {
-            let d = shift::shift(row, 1, row.len(), b, g, Some(&scaled_importance(&imp, Some(s), aw))).dequantize();
-            row.copy_from_slice(&d);
-        }),
+        Method::AwqStatsq | Method::AwqShift => {
+            let quantize: ZeroFreeQuantizer = if p.method.grid() == Grid::HalfInt { statsq::statsq } else { shift::shift };
+            Box::new(move |row: &mut [f32], s: &[f32]| {
+                let d = quantize(row, 1, row.len(), b, g, Some(&scaled_importance(&imp, Some(s), aw))).dequantize();
+                row.copy_from_slice(&d);
+            })
+        }
         _ => Box::new(awq::rtn_row(b, g, sym)),
     }
 }
@@ -358,7 +376,6 @@ fn quantize_layer(
         let fq = row_quantizer(p, o.sym, imp, o.aware_weight);
         let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
         awq::apply_scale(lw, &g, &s);
-        folded.insert(g.input, s.clone());
         if cfg.clip && p.method == Method::Awq {
             // The group's inputs are now x / s.
             let n = st.sample_rows().min(512);
@@ -369,6 +386,7 @@ fn quantize_layer(
                 awq::clip(&c, &mut lw.get_mut(name).w, inn, &x, n);
             }
         }
+        folded.insert(g.input, s);
     }
     let mut out = Vec::new();
     let mut hessians: HashMap<Input, Vec<f64>> = HashMap::new();
@@ -395,11 +413,7 @@ fn quantize_layer(
                 let mut cfg = gptq::GptqConfig::new(p.bits, p.group_size, o.sym);
                 cfg.act_order = o.act_order;
                 cfg.static_groups = o.static_groups;
-                cfg.grid = match p.method {
-                    Method::GptqStatsq => crate::quant::Grid::HalfInt,
-                    Method::GptqShift => crate::quant::Grid::Shift,
-                    _ => crate::quant::Grid::Affine,
-                };
+                cfg.grid = p.method.grid();
                 QTensor::Group(gptq::gptq(&l.w, l.out, l.inn, h(), &cfg).with_context(|| format!("{prefix}: GPTQ"))?.0)
             }
             Method::Vptq => QTensor::Vq(vptq::vptq(&l.w, l.out, l.inn, h(), &o.vptq).with_context(|| format!("{prefix}: VPTQ"))?.0),
@@ -437,7 +451,7 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         plans.push(row);
     }
     if plans.iter().flatten().all(Option::is_none) {
-        bail!("nothing to quantize: every linear is skipped or does not fit --format {}", format!("{:?}", o.format).to_lowercase());
+        bail!("nothing to quantize: every linear is skipped or does not fit --format {}", o.format.name());
     }
     Ok(plans)
 }
@@ -502,7 +516,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     let summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
-        format: format!("{:?}", o.format).to_lowercase(),
+        format: o.format.name().into(),
         bits: o.bits,
         group_size: o.group_size,
         seconds: t0.elapsed().as_secs_f64(),
