@@ -78,7 +78,9 @@ MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | aw
     echo "![ppl against bits per weight](plot.svg)"
     echo
     echo "Other measurements (output layouts, sequential GPTQ, timings and memory) are in"
-    echo "[results-quantize.md](results-quantize.md)."
+    echo "[results-quantize.md](results-quantize.md); the zero-free variants measured outside this sweep"
+    echo "(awq+statsq, awq+shift, gptq+statsq, gptq+shift), with their commands, are in"
+    echo "[statsq-shift.md](statsq-shift.md#smollm2-135m-instruct-the-headline-protocol)."
 } > docs/results.md.tmp
 mv docs/results.md.tmp docs/results.md
 cp "$OUT/plot.svg" docs/plot.svg

@@ -351,6 +351,12 @@ fn refuses_non_pd_and_bad_shapes() {
     assert!(gptq(&w, 4, 16, &h[1..], &cfg).is_err());
     assert!(gptq(&w, 4, 16, &h, &GptqConfig::new(0, 8, false)).is_err());
     assert!(gptq(&w, 4, 16, &h, &GptqConfig::new(4, 0, false)).is_err());
+    // The zero-free grids need a sign bit and at least one more (1-bit affine is allowed).
+    for grid in [Grid::HalfInt, Grid::Shift] {
+        let msg = gptq(&w, 4, 16, &h, &GptqConfig { grid, ..GptqConfig::new(1, 8, false) }).unwrap_err().to_string();
+        assert!(msg.contains(&format!("the {grid:?} grid needs at least 2 bits")), "{msg}");
+    }
+    assert!(gptq(&w, 4, 16, &h, &GptqConfig::new(1, 8, false)).is_ok());
     let mut hn = h.clone();
     hn[3] = f64::NAN;
     assert!(gptq(&w, 4, 16, &hn, &cfg).is_err());
