@@ -21,6 +21,7 @@ pub mod plot;
 pub mod qmodel;
 pub mod quant;
 pub mod quantize;
+pub mod rope;
 pub mod st_write;
 pub mod stats;
 pub mod sweep;

@@ -1,11 +1,12 @@
-//! The decoder-only transformer (Llama, Mistral, Qwen2) on the CPU, in f32, one decoder layer at a
+//! The decoder-only transformer (Llama, Mistral, Qwen2, Qwen3) on the CPU, in f32, one decoder layer at a
 //! time. [`Model::load_layer`] + [`Model::forward_layer`] form the layer-streaming API: callers
 //! keep one layer's weights and one batch of hidden states, and observe the input of every
 //! linear through a hook.
 
 use crate::arch::{Input, LinearSpec};
 use crate::config::ModelConfig;
-use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8, Rope};
+use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8};
+use crate::rope::Rope;
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
@@ -45,6 +46,9 @@ pub struct LayerWeights {
     pub index: usize,
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
+    /// Per-head RMSNorm weights of q and k (`[head_dim]`, qwen3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub linears: Vec<LinearW>,
 }
 
@@ -127,8 +131,26 @@ impl Model {
                 if !packed || self.ck.contains(&format!("{p}.weight")) {
                     need(format!("{p}.weight"), &[out, inn])?;
                 }
-                if l.has_bias {
+                if c.has_bias(l.name) {
                     need(format!("{p}.bias"), &[out])?;
+                } else if self.ck.contains(&format!("{p}.bias")) {
+                    bail!(
+                        "{}: tensor {p}.bias is present but config.json gives {} no bias (attention_bias / mlp_bias); refusing to ignore it",
+                        self.ck.dir.display(),
+                        l.name
+                    );
+                }
+            }
+            for n in ["q_norm", "k_norm"] {
+                let name = format!("model.layers.{i}.self_attn.{n}.weight");
+                if c.qk_norm {
+                    need(name, &[c.head_dim])?;
+                } else if self.ck.contains(&name) {
+                    bail!(
+                        "{}: tensor {name} is present but model_type {} has no q/k norms; refusing to ignore it",
+                        self.ck.dir.display(),
+                        c.family.name()
+                    );
                 }
             }
         }
@@ -169,18 +191,26 @@ impl Model {
         let c = &self.cfg;
         let d = c.hidden_size;
         let p = format!("model.layers.{i}");
+        let qk_norm = |n: &str| -> Result<Option<Vec<f32>>> {
+            if !c.qk_norm {
+                return Ok(None);
+            }
+            Ok(Some(self.ck.f32_shaped(&format!("{p}.self_attn.{n}.weight"), &[c.head_dim])?))
+        };
         let mut linears = Vec::new();
         for spec in c.family.linears() {
             let (out, inn) = self.linear_shape(spec);
             let prefix = format!("{p}.{}", spec.name);
             let w = self.linear_weight(&prefix, out, inn)?;
-            let bias = if spec.has_bias { Some(self.ck.f32_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
+            let bias = if c.has_bias(spec.name) { Some(self.ck.f32_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
             linears.push(LinearW { spec: *spec, out, inn, w, bias });
         }
         Ok(LayerWeights {
             index: i,
             input_norm: self.ck.f32_shaped(&format!("{p}.input_layernorm.weight"), &[d])?,
             post_norm: self.ck.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
             linears,
         })
     }
@@ -250,8 +280,13 @@ impl Model {
         let mut k = lw.get("self_attn.k_proj").forward(&xn, rows);
         let v = lw.get("self_attn.v_proj").forward(&xn, rows);
         drop(xn);
+        if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+            // Per-head RMSNorm (qwen3): rows of head_dim values.
+            q = rms_norm(&q, qn, c.rms_norm_eps);
+            k = rms_norm(&k, kn, c.rms_norm_eps);
+        }
         self.apply_rope(&mut q, &mut k, rows, seq_len);
-        let att = self.attention(&q, &k, &v, rows, seq_len);
+        let att = self.attention(&q, &k, &v, rows, seq_len, c.window(lw.index));
         drop((q, k, v));
         hook(Input::AttnOut, &att, rows);
         let o = lw.get("self_attn.o_proj").forward(&att, rows);
@@ -274,7 +309,7 @@ impl Model {
     fn apply_rope(&self, q: &mut [f32], k: &mut [f32], rows: usize, seq_len: usize) {
         let c = &self.cfg;
         let hd = c.head_dim;
-        let rope = Rope::new(hd, c.rope_theta, seq_len);
+        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
         let (qd, kd) = (c.q_dim(), c.kv_dim());
         q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).enumerate().for_each(|(r, (qr, kr))| {
             let pos = r % seq_len;
@@ -284,9 +319,10 @@ impl Model {
         debug_assert_eq!(q.len(), rows * qd);
     }
 
-    /// Causal multi-head attention with grouped KV heads. Tasks are (sequence, head, query block);
-    /// each holds only `ATTN_BLOCK × seq_len` scores.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize) -> Vec<f32> {
+    /// Causal multi-head attention with grouped KV heads, optionally limited to a sliding window
+    /// (query i sees keys j with i − window < j ≤ i, as transformers' sliding mask). Tasks are
+    /// (sequence, head, query block); each holds only `ATTN_BLOCK × seq_len` scores.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize, window: Option<usize>) -> Vec<f32> {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let (qd, kd) = (c.q_dim(), c.kv_dim());
@@ -318,20 +354,25 @@ impl Model {
                     let r = s * seq_len + t;
                     qb.extend_from_slice(&q[r * qd + h * hd..r * qd + (h + 1) * hd]);
                 }
-                // Keys 0..r1 suffice under the causal mask.
-                let mut sc = vec![0f32; m * r1];
-                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[..r1 * hd], r1);
-                for (i, row) in sc.chunks_mut(r1).enumerate() {
-                    let lim = r0 + i + 1;
-                    let mx = row[..lim].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-                    row[..lim].iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
-                    let sum = sum8(&row[..lim]);
+                // Keys k0..r1 suffice under the causal (and window) mask; scores are relative to k0.
+                let k0 = window.map_or(0, |w| (r0 + 1).saturating_sub(w));
+                let nk = r1 - k0;
+                let mut sc = vec![0f32; m * nk];
+                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[k0 * hd..r1 * hd], nk);
+                for (i, row) in sc.chunks_mut(nk).enumerate() {
+                    let lim = r0 + i + 1 - k0;
+                    let first = window.map_or(0, |w| (r0 + i + 1).saturating_sub(w) - k0);
+                    let live = &mut row[first..lim];
+                    let mx = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
+                    live.iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
+                    let sum = sum8(live);
                     let inv = 1.0 / sum;
-                    row[..lim].iter_mut().for_each(|x| *x *= inv);
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    row[..first].iter_mut().for_each(|x| *x = 0.0);
                     row[lim..].iter_mut().for_each(|x| *x = 0.0);
                 }
                 let mut ob = vec![0f32; m * hd];
-                matmul_seq(&mut ob, &sc, m, r1, &vh[..r1 * hd], hd, false);
+                matmul_seq(&mut ob, &sc, m, nk, &vh[k0 * hd..r1 * hd], hd, false);
                 ob
             })
             .collect();

@@ -643,6 +643,11 @@ pub(crate) fn layer_out(
     }
     r.tensors.push(OutTensor::float(format!("{p}.input_layernorm.weight"), fd, vec![c.hidden_size], &lw.input_norm));
     r.tensors.push(OutTensor::float(format!("{p}.post_attention_layernorm.weight"), fd, vec![c.hidden_size], &lw.post_norm));
+    for (n, w) in [("q_norm", &lw.q_norm), ("k_norm", &lw.k_norm)] {
+        if let Some(w) = w {
+            r.tensors.push(OutTensor::float(format!("{p}.self_attn.{n}.weight"), fd, vec![w.len()], w));
+        }
+    }
     r.quantized = qs;
     Ok(r)
 }
