@@ -394,6 +394,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let model = crate::qmodel::open(&a.model)?;
+    model.cfg.check_positions(a.ctx, "--ctx").map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
     let tok = Tokenizer::from_dir(&a.model)?;
     let text = crate::calib::read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;

@@ -166,6 +166,29 @@ impl ModelConfig {
         }
     }
 
+    /// The longest sequence the model is defined for: `max_position_embeddings` (which already
+    /// includes the extension of linear, llama3 and yarn scaling in the configs that carry them),
+    /// times the factor for dynamic NTK, which exists to run past it. `None` when the config
+    /// states no limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        let p = self.max_position_embeddings?;
+        Some(match self.rope {
+            RopeScaling::Dynamic { factor, .. } => (p as f64 * factor.max(1.0)) as usize,
+            _ => p,
+        })
+    }
+
+    /// Refuse `n` positions per sequence beyond the model's limit; `what` names the option.
+    pub fn check_positions(&self, n: usize, what: &str) -> Result<()> {
+        match self.max_positions() {
+            Some(lim) if n > lim => bail!(
+                "{what} {n} exceeds the model's position limit of {lim} (max_position_embeddings{}); use at most {lim}",
+                if matches!(self.rope, RopeScaling::Dynamic { .. }) { " × dynamic rope factor" } else { "" }
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The attention window of layer `i` (`None`: full causal attention).
     pub fn window(&self, i: usize) -> Option<usize> {
         self.sliding.window(i)

@@ -472,6 +472,9 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     if !dry_run && o.out.exists() && !o.force {
         bail!("{}: output directory exists (use --force to replace it)", o.out.display());
     }
+    if o.calib.is_some() {
+        model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
+    }
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));

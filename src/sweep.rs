@@ -182,6 +182,11 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
     if model.cfg.raw.get("quantization_config").is_some() {
         bail!("{}: already quantized (has quantization_config)", model_dir.display());
     }
+    let at = |e: anyhow::Error| anyhow::anyhow!("{}: {e}", model_dir.display());
+    model.cfg.check_positions(s.eval_ctx, "--eval-ctx").map_err(at)?;
+    if s.base.calib.is_some() {
+        model.cfg.check_positions(s.base.calib_seqlen, "--calib-seqlen").map_err(at)?;
+    }
     let tok = Tokenizer::from_dir(model_dir)?;
     // The eval windows first: a bad eval text fails before any work.
     let text = crate::calib::read_text(&s.eval_text)?;

@@ -243,3 +243,40 @@ fn unimplemented_variants_are_refused_by_name() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Sequences longer than the model's position limit are refused before any work, with the limit.
+#[test]
+fn position_limit_is_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tinystories_text();
+    let s = stories();
+    let (code, _, err) = lowbit(&["eval", "--model", s.to_str().unwrap(), "--text", text.to_str().unwrap(), "--ctx", "4096"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ctx 4096") && err.contains("2048"), "{err}");
+    let out = tmp.path().join("q");
+    let calib = shared("data/tinyshakespeare/input.txt");
+    let (code, _, err) = lowbit(&[
+        "quantize",
+        "--model",
+        s.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-seqlen",
+        "100000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--calib-seqlen 100000") && err.contains("2048"), "{err}");
+    assert!(!out.exists());
+    // Dynamic NTK exists to run past max_position_embeddings (48 here) by its factor (3).
+    let d = with_tokenizer(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/arch/llama-rope-dynamic")), tmp.path());
+    assert!(ppl(&d, &text, "144").is_finite());
+    let (code, _, err) = lowbit(&["eval", "--model", d.to_str().unwrap(), "--text", text.to_str().unwrap(), "--ctx", "145"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("144"), "{err}");
+}
