@@ -55,6 +55,15 @@ pub enum Cmd {
     ImportGguf(ImportArgs),
 }
 
+/// A whole number of at least `MIN` (the error says so in words, not as a range to u64::MAX).
+fn at_least<const MIN: usize>(s: &str) -> std::result::Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| "expected a whole number".to_string())?;
+    if v < MIN {
+        return Err(format!("must be at least {MIN}"));
+    }
+    Ok(v)
+}
+
 /// Settings shared by `quantize` and `sweep`.
 #[derive(Args)]
 pub struct QuantSettings {
@@ -62,65 +71,65 @@ pub struct QuantSettings {
     #[arg(long)]
     pub model: PathBuf,
     /// Input channels per quantization group (the last group of a row may be shorter).
-    #[arg(long, default_value_t = 128)]
+    #[arg(help_heading = "Grid", long, default_value_t = 128, value_parser = at_least::<1>)]
     pub group_size: usize,
     /// Symmetric grid (no zero point search; z = 2^(bits-1)).
-    #[arg(long)]
+    #[arg(help_heading = "Grid", long)]
     pub sym: bool,
     /// Calibration text: plain UTF-8, or JSONL with a "text" field (.jsonl). Never the eval text.
-    #[arg(long)]
+    #[arg(help_heading = "Calibration", long)]
     pub calib: Option<PathBuf>,
     /// Number of calibration windows.
-    #[arg(long, default_value_t = 128)]
+    #[arg(help_heading = "Calibration", long, default_value_t = 128, value_parser = at_least::<1>)]
     pub calib_samples: usize,
     /// Tokens per calibration window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(help_heading = "Calibration", long, default_value_t = 512, value_parser = at_least::<2>)]
     pub calib_seqlen: usize,
     /// Seed of the calibration sampling (and of VPTQ's k-means).
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Calibration", long, default_value_t = 0)]
     pub seed: u64,
     /// Float type of embeddings, norms and lm_head.
-    #[arg(long, value_enum, default_value_t = FloatType::F16)]
+    #[arg(help_heading = "Output", long, value_enum, default_value_t = FloatType::F16)]
     pub float_dtype: FloatType,
     /// Calibration tokens per input kept for AWQ's scale search (subsampled evenly).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(help_heading = "AWQ", long, default_value_t = 2048)]
     pub search_tokens: usize,
     /// Mixed precision: linears whose full name (e.g. model.layers.3.mlp.down_proj) matches REGEX
     /// get METHOD:BITS[:GROUP] instead (repeatable; the last match wins). E.g. 'down_proj=rtn:8'.
-    #[arg(long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]")]
+    #[arg(help_heading = "Mixed precision", long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]")]
     pub overrides: Vec<String>,
     /// Keep linears whose full name matches REGEX in float (repeatable).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(help_heading = "Mixed precision", long, value_name = "REGEX")]
     pub skip: Vec<String>,
     /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
-    #[arg(long)]
+    #[arg(help_heading = "GPTQ", long)]
     pub act_order: bool,
     /// GPTQ with --act-order: fix group parameters on the natural column groups (no g_idx).
-    #[arg(long)]
+    #[arg(help_heading = "GPTQ", long)]
     pub static_groups: bool,
     /// VPTQ: vector length along the output dimension (sweep: chosen from --bits).
-    #[arg(long, default_value_t = 4)]
+    #[arg(help_heading = "VPTQ", long, default_value_t = 4)]
     pub vector_len: usize,
     /// VPTQ: centroids of the main codebook (index bits = log2; sweep: chosen from --bits).
-    #[arg(long, default_value_t = 256)]
+    #[arg(help_heading = "VPTQ", long, default_value_t = 256)]
     pub centroids: usize,
     /// VPTQ: centroids of the residual codebook (0 = none).
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "VPTQ", long, default_value_t = 0)]
     pub res_centroids: usize,
     /// VPTQ: percent of input columns (by diag(H)·|W|²) kept with their own codebook.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = "VPTQ", long, default_value_t = 0.0)]
     pub outlier_pct: f64,
     /// VPTQ: k-means iterations (fixed, seeded by --seed).
-    #[arg(long, default_value_t = 10)]
+    #[arg(help_heading = "VPTQ", long, default_value_t = 10)]
     pub kmeans_iters: usize,
     /// VPTQ: per-input-channel normalisation before clustering.
-    #[arg(long)]
+    #[arg(help_heading = "VPTQ", long)]
     pub vq_normalize: bool,
     /// statsq-aware/shift-aware: the per-input-channel importance that weights the scale search.
-    #[arg(long, value_enum, default_value_t = AwareWeight::MeanSq)]
+    #[arg(help_heading = "StatsQ / shift", long, value_enum, default_value_t = AwareWeight::MeanSq)]
     pub aware_weight: AwareWeight,
     /// Replace the output directory if it exists.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub force: bool,
 }
 
@@ -173,28 +182,29 @@ pub struct QuantizeArgs {
     /// Output directory (must not exist unless --force).
     #[arg(long)]
     pub out: PathBuf,
-    /// Quantization method (see docs/ and `lowbit quantize --help`).
+    /// Quantization method: rtn (round to nearest), awq, gptq, vptq (vector quantization), statsq,
+    /// shift (zero-free power-of-two) and their activation-aware variants (docs/).
     #[arg(long, value_enum, default_value_t = Method::Awq)]
     pub method: Method,
-    /// Bits per weight code (2..8).
-    #[arg(long, default_value_t = 4)]
+    /// Bits per weight code, 2..=8.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=8))]
     pub bits: u8,
     /// Output layout.
     #[arg(long, value_enum, default_value_t = Format::Lowbit)]
     pub format: Format,
     /// GPTQ/VPTQ: calibrate later layers on the float model's activations instead of re-running
     /// each quantized layer (about 1 FP forward less; the default is GPTQ's sequential scheme).
-    #[arg(long)]
+    #[arg(help_heading = "GPTQ", long)]
     pub propagate_fp: bool,
     /// Print the output size and bits per weight without quantizing.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub dry_run: bool,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub resume: bool,
     /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub json: bool,
 }
 
@@ -210,19 +220,19 @@ pub struct SweepArgs {
     pub methods: Vec<Method>,
     /// Bit widths, comma-separated. VPTQ maps 2/3/4 bits to vector length and codebook size
     /// (v4 k256, v3 k512, v2 k256).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4], value_parser = clap::value_parser!(u8).range(2..=8))]
     pub bits: Vec<u8>,
     /// Text to score (never the calibration text).
     #[arg(long)]
     pub eval_text: PathBuf,
-    /// Tokens per eval window.
-    #[arg(long, default_value_t = 2048)]
+    /// Tokens per eval window (at most the model's max_position_embeddings).
+    #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub eval_ctx: usize,
     /// Eval convention (see `lowbit eval --help`).
     #[arg(long, value_enum, default_value_t = Convention::Windows)]
     pub convention: Convention,
     /// Score at most this many windows from the start.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
     /// Memory for the f32 embedding/lm_head tables of the models scored together (MiB); more
     /// combinations than fit are scored in several passes over the eval text.
@@ -298,15 +308,15 @@ pub struct EvalArgs {
     /// Text file to score (plain UTF-8).
     #[arg(long)]
     pub text: PathBuf,
-    /// Tokens per window.
-    #[arg(long, default_value_t = 2048)]
+    /// Tokens per window (at most the model's max_position_embeddings).
+    #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub ctx: usize,
     /// windows: score every prediction of non-overlapping windows (GPTQ/AWQ papers);
     /// llamacpp: llama-perplexity's (BOS-first windows, second half scored).
     #[arg(long, value_enum, default_value_t = Convention::Windows)]
     pub convention: Convention,
     /// Score at most this many windows from the start.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
     /// Reference checkpoint (e.g. the FP model): also report the KL divergence KL(P_ref ‖ P_model)
     /// and top-1 agreement on the scored positions, streamed.
@@ -319,8 +329,10 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// Checkpoint directory, plain or quantized (config.json, *.safetensors).
     #[arg(long)]
     pub model: PathBuf,
+    /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -337,11 +349,20 @@ pub enum Progress {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub fn progress(len: u64, msg: &str) -> Progress {
+    progress_styled(len, msg, "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+}
+
+/// A progress bar counted in tokens, with the rate (tokens/s) on a terminal.
+pub fn progress_tokens(len: u64, msg: &str) -> Progress {
+    progress_styled(len, msg, "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec} {elapsed_precise} eta {eta}")
+}
+
+fn progress_styled(len: u64, msg: &str, template: &str) -> Progress {
     if !std::io::stderr().is_terminal() {
         return Progress::Log { msg: msg.to_string(), len, start: Instant::now(), last: None, pos: u64::MAX };
     }
     let pb = ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}").unwrap().progress_chars("=> "));
+    pb.set_style(ProgressStyle::with_template(template).unwrap().progress_chars("=> "));
     pb.set_message(msg.to_string());
     Progress::Bar(pb)
 }
@@ -399,9 +420,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let text = crate::calib::read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
     let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
-    let mut pb = progress(w.windows.len() as u64, "eval");
-    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |i| pb.set(i as u64, "eval"))?;
-    pb.finish();
+    let mut pb: Option<Progress> = None;
+    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |done, total| {
+        pb.get_or_insert_with(|| progress_tokens(total as u64, "eval tokens")).set(done as u64, "eval tokens")
+    })?;
+    if let Some(p) = pb {
+        p.finish();
+    }
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.model.display().to_string().into();

@@ -789,7 +789,11 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             Some((json, cfg))
         }
         None => {
-            eprintln!("warning: {}: no tokenizer given; evaluating {} will need --tokenizer", gguf.display(), out.display());
+            eprintln!(
+                "warning: {}: no --tokenizer given; copy a tokenizer.json into {} before `lowbit eval` or `lowbit quantize` reads text",
+                gguf.display(),
+                out.display()
+            );
             None
         }
     };

@@ -92,6 +92,7 @@ impl Model {
     /// Open without checking that every tensor is present (the caller installs a packed loader
     /// first, then calls [`Model::check_tensors`]).
     pub fn open_dense_unchecked(dir: &Path) -> Result<Self> {
+        check_model_dir(dir)?;
         let cfg = ModelConfig::load(&dir.join("config.json"))?;
         let ck = Checkpoint::open(dir)?;
         Ok(Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() })
@@ -397,11 +398,33 @@ impl Model {
 
     /// Run all layers over `n_seq` sequences of `seq_len` tokens: final hidden states.
     pub fn hidden(&self, tokens: &[u32], seq_len: usize) -> Result<Vec<f32>> {
+        self.hidden_with(tokens, seq_len, &mut || {})
+    }
+
+    /// As [`Model::hidden`], calling `on_layer` after each decoder layer (for progress).
+    pub fn hidden_with(&self, tokens: &[u32], seq_len: usize, on_layer: &mut dyn FnMut()) -> Result<Vec<f32>> {
         let mut h = self.embed(tokens)?;
         for i in 0..self.cfg.num_layers {
             let lw = self.load_layer(i)?;
             self.forward_layer(&lw, &mut h, seq_len, &mut |_, _, _| {});
+            on_layer();
         }
         Ok(h)
     }
+}
+
+/// `--model` must name a checkpoint directory: a GGUF file gets a pointer to `import-gguf`, any
+/// other file a plain refusal (instead of "config.json: Not a directory").
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            bail!(
+                "{}: is a GGUF file; --model takes a checkpoint directory: convert it first with `lowbit import-gguf {} --out DIR`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        bail!("{}: is a file; --model takes a checkpoint directory (config.json + *.safetensors)", dir.display());
+    }
+    Ok(())
 }

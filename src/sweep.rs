@@ -324,7 +324,6 @@ fn run(
     // under `score_memory` (one pass for small models; the float reference reruns per pass).
     let tables = c.vocab_size * c.hidden_size * 4 * if c.tie_word_embeddings { 1 } else { 2 };
     let per_pass = (s.score_memory / tables.max(1)).max(1);
-    let n = windows.windows.len();
     let passes = combos.len().div_ceil(per_pass);
     let t_eval = Instant::now();
     let mut fp = None;
@@ -333,8 +332,8 @@ fn run(
         let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
         let refs: Vec<&Model> = opened.iter().collect();
         let what = if passes > 1 { format!("scoring {}/{passes}", p + 1) } else { "scoring".to_string() };
-        progress(0, n, &what);
-        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |w| progress(w, n, &what))?;
+        let what = format!("{what} tokens");
+        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| progress(done, total, &what))?;
         fp = fp.or(f);
         results.extend(r);
     }

@@ -102,9 +102,12 @@ fn bad_quantize_input() {
         expect_refusal(&a, frag);
         assert!(!out.exists());
     };
-    run(&["--bits", "9"], "--bits must be between 2 and 8");
-    run(&["--bits", "1"], "--bits must be between 2 and 8");
+    run(&["--bits", "9"], "9 is not in 2..=8");
+    run(&["--bits", "1"], "1 is not in 2..=8");
+    run(&["--bits", "300"], "300 is not in 2..=8");
     run(&["--group-size", "0"], "--group-size");
+    run(&["--calib-samples", "0"], "--calib-samples");
+    run(&["--calib-seqlen", "1"], "--calib-seqlen");
     run(&["--format", "awq", "--bits", "3"], "4-bit only");
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();

@@ -1,8 +1,14 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
+/// A path in ../shared (the test models and texts beside the checkout). A missing one stops the
+/// test with one line saying what is missing and where it was looked for.
 pub fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/")).join(rel)
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/")).join(rel);
+    if !p.exists() {
+        panic!("missing test data {}: the tests need ../shared (models and texts) beside the checkout; see README.md", p.display());
+    }
+    p
 }
 pub fn stories() -> PathBuf {
     shared("models/stories260K")
