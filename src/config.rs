@@ -56,7 +56,10 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: int("vocab_size")?,
-            rms_norm_eps: raw.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rms_norm_eps: match raw.get("rms_norm_eps") {
+                None => 1e-6,
+                Some(v) => v.as_f64().ok_or_else(|| anyhow!("\"rms_norm_eps\" is not a number"))? as f32,
+            },
             rope_theta,
             tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             raw,
@@ -71,6 +74,11 @@ impl ModelConfig {
             if v == 0 {
                 bail!("\"{k}\" is 0");
             }
+        }
+        // RMSNorm divides by sqrt(mean(x²) + eps): eps ≤ 0 can divide by zero (or take the root
+        // of a negative number) on a zero row.
+        if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
+            bail!("\"rms_norm_eps\" must be a positive number that fits f32 (got {})", cfg.raw["rms_norm_eps"]);
         }
         if cfg.head_dim == 0 {
             bail!("head_dim is 0 (hidden_size {} < num_attention_heads {}?)", cfg.hidden_size, cfg.num_heads);
