@@ -154,7 +154,7 @@ impl Checkpointer {
         }
         for m in body.state.meta.modules.keys().chain(body.state.meta.vq_modules.keys()) {
             let layer = m.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
-            if !layer.is_some_and(|l| l < n) {
+            if layer.is_none_or(|l| l >= n) {
                 bail!("{shown}: records module {} outside the {n} finished layers; {redo}", escape::text(m));
             }
         }

@@ -563,6 +563,7 @@ impl Lock {
             }
             // A run that released the lock may have removed the file meanwhile: the lock must be
             // on the file now at `path`, else retry.
+            #[cfg(unix)]
             let same = {
                 use std::os::unix::fs::MetadataExt;
                 match (file.metadata(), fs::symlink_metadata(path)) {
@@ -570,6 +571,8 @@ impl Lock {
                     _ => false,
                 }
             };
+            #[cfg(not(unix))]
+            let same = fs::symlink_metadata(path).is_ok();
             if !same {
                 continue;
             }
