@@ -530,13 +530,12 @@ impl Lock {
     fn take(path: &Path, out: &Path) -> Result<Lock> {
         let shown = escape::path(path);
         for _ in 0..100 {
-            let mut file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .with_context(|| format!("{shown}: cannot open the lock file"))?;
+            let mut opts = fs::OpenOptions::new();
+            opts.read(true).write(true).create(true).truncate(false);
+            // Never through a symbolic link: the lock file is written to.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+            let mut file = opts.open(path).with_context(|| format!("{shown}: cannot open the lock file"))?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
