@@ -157,6 +157,15 @@ fn force_replaces_only_what_lowbit_wrote() {
     assert!(code == 2 && err.contains("config.json: changed since lowbit wrote it (2 bytes"), "{err}");
     assert_eq!(snapshot(tmp.path()), before);
 
+    // A forged manifest that lists a file outside the directory.
+    std::fs::create_dir(work.join("forged")).unwrap();
+    let forged = r#"{"written_by":"lowbit","lowbit_version":"0","command":"quantize","files":{"../notes.txt":16}}"#;
+    std::fs::write(work.join("forged/lowbit-output.json"), forged).unwrap();
+    let before = snapshot(tmp.path());
+    let (code, err) = quantize("forged", "rtn");
+    assert!(code == 2 && err.contains("not a plain relative path"), "{err}");
+    assert_eq!(snapshot(tmp.path()), before);
+
     // A symbolic link to a lowbit output is not replaced (nor followed).
     assert_eq!(quantize("q2", "rtn").0, 0);
     std::os::unix::fs::symlink(work.join("q2"), work.join("link")).unwrap();
