@@ -846,7 +846,7 @@ pub(crate) fn check_finite_output(tensors: &[OutTensor]) -> Result<()> {
     for t in tensors {
         if let Some(i) = crate::weights::first_non_finite(t.dtype, &t.data) {
             bail!(
-                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (try --float-dtype f32)",
+                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (choose a wider float type)",
                 escape::text(&t.name),
                 t.dtype
             );
