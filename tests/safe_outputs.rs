@@ -326,6 +326,16 @@ fn non_finite_weights_are_refused_and_fail_eval() {
         assert_eq!(code, 2, "{tensor}: {err}");
         assert!(err.contains("KL divergence NaN is not finite") || err.contains("KL divergence inf"), "{tensor}: {err}");
     }
+    // A finite weight that overflows the output's f16: caught before writing, fine in f32.
+    let m = tmp.path().join("m-big");
+    copy_dir(&stories(), &m);
+    poke_f32(&m.join("model.safetensors"), "lm_head.weight", 100, 1e6);
+    let out = tmp.path().join("q");
+    let (code, _, err) = lowbit(&["quantize", "--model", s(&m), "--out", s(&out), "--method", "rtn"]);
+    assert!(code == 2 && err.contains("lm_head.weight: non-finite value at index 100 in the output") && err.contains("F16"), "{err}");
+    assert!(!out.exists() && lowbit_litter(tmp.path()).is_empty());
+    let (code, _, err) = lowbit(&["quantize", "--model", s(&m), "--out", s(&out), "--method", "rtn", "--float-dtype", "f32"]);
+    assert_eq!(code, 0, "{err}");
     // The healthy model evaluates with exit 0.
     let (code, _, err) = lowbit(&["eval", "--model", s(&stories()), "--text", s(&t), "--ctx", "64", "--max-windows", "2"]);
     assert_eq!(code, 0, "{err}");
