@@ -128,7 +128,8 @@ pub struct QuantSettings {
     /// statsq-aware/shift-aware: the per-input-channel importance that weights the scale search.
     #[arg(help_heading = "StatsQ / shift", long, value_enum, default_value_t = AwareWeight::MeanSq)]
     pub aware_weight: AwareWeight,
-    /// Replace the output directory if it exists.
+    /// Replace an existing output directory, only one lowbit wrote (its lowbit-output.json lists
+    /// every file) and that holds nothing else; anything else is refused (docs/outputs.md).
     #[arg(help_heading = "Output", long)]
     pub force: bool,
 }
@@ -278,7 +279,8 @@ pub struct ImportArgs {
     /// Float type of the written tensors.
     #[arg(long, value_enum, default_value_t = FloatType::F32)]
     pub dtype: FloatType,
-    /// Replace the output directory if it exists.
+    /// Replace an existing output directory, only one lowbit wrote (its lowbit-output.json lists
+    /// every file) and that holds nothing else; anything else is refused (docs/outputs.md).
     #[arg(long)]
     pub force: bool,
 }
@@ -445,6 +447,15 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         if let Some(p) = r.peak_rss_bytes {
             println!("peak memory    {}", fmt_bytes(p));
         }
+    }
+    // A broken model (NaN or infinite logits) must fail a gate that trusts the exit code.
+    if !r.ppl.is_finite() || r.kld.is_some_and(|k| !k.is_finite()) {
+        let kld = r.kld.map(|k| format!(", KL divergence {k}")).unwrap_or_default();
+        return Err(anyhow!(
+            "{}: perplexity {}{kld} is not finite: the model produces NaN or infinite logits",
+            crate::escape::path(&a.model),
+            r.ppl
+        ));
     }
     Ok(())
 }

@@ -91,10 +91,7 @@ impl ModelConfig {
         let sliding = Sliding::from_config(family, &raw)?;
         let eps = match raw.get("rms_norm_eps") {
             None | Some(Value::Null) => 1e-6,
-            Some(v) => match v.as_f64() {
-                Some(e) if e > 0.0 && e.is_finite() => e,
-                _ => bail!("\"rms_norm_eps\" is {v}, expected a positive number"),
-            },
+            Some(v) => v.as_f64().ok_or_else(|| anyhow!("\"rms_norm_eps\" is not a number"))?,
         };
         let cfg = Self {
             family,
@@ -127,6 +124,11 @@ impl ModelConfig {
             if v == 0 {
                 bail!("\"{k}\" is 0");
             }
+        }
+        // RMSNorm divides by sqrt(mean(x²) + eps): eps ≤ 0 can divide by zero (or take the root
+        // of a negative number) on a zero row.
+        if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
+            bail!("\"rms_norm_eps\" must be a positive number that fits f32 (got {})", cfg.raw["rms_norm_eps"]);
         }
         if cfg.head_dim == 0 {
             bail!("head_dim is 0 (hidden_size {} < num_attention_heads {}?)", cfg.hidden_size, cfg.num_heads);

@@ -112,7 +112,14 @@ pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 /// KL(P‖Q) from the reference's log-probabilities and the model's logits.
 fn kl_from(lp: &[f64], q_logits: &[f32]) -> f64 {
     let lq = log_softmax(q_logits);
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+    // Clamped at 0 against rounding, but a NaN (non-finite logits) must stay NaN: `f64::max`
+    // would turn it into 0.
+    let kl = lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+    if kl.is_nan() {
+        kl
+    } else {
+        kl.max(0.0)
+    }
 }
 
 /// Log-softmax of one logits row at `target`, in f64.

@@ -12,6 +12,7 @@
 //! permutation that llama.cpp's converter applies, and builds a config from `llama.*` metadata
 //! unless one is given.
 
+use crate::outdir::{OutDir, Source};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::weights::FileBytes;
 use anyhow::{anyhow, bail, Context, Result};
@@ -354,7 +355,7 @@ impl Gguf {
     }
 
     fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {
-        let file = path.display().to_string();
+        let file = crate::escape::path(&path);
         let mut c = Cursor { buf: &bytes, pos: 0, file: &file };
         let magic = c.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
@@ -375,16 +376,16 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string("metadata key length")?;
             let ty = c.u32("metadata value type")?;
-            let v = c.value(ty, 0).map_err(|e| anyhow!("{e} in value of key {key}"))?;
+            let v = c.value(ty, 0).map_err(|e| anyhow!("{e} in value of key {}", crate::escape::text(&key)))?;
             if meta_index.insert(key.clone(), meta.len()).is_some() {
-                bail!("{file}: duplicate metadata key {key}");
+                bail!("{file}: duplicate metadata key {}", crate::escape::text(&key));
             }
             meta.push((key, v));
         }
         let alignment = match meta_index.get("general.alignment").map(|&i| &meta[i].1) {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if a.is_power_of_two() => *a as usize,
-            Some(v) => bail!("{file}: general.alignment must be a power-of-two u32, got {v:?}"),
+            Some(v) => bail!("{file}: general.alignment must be a power-of-two u32, got {}", crate::escape::debug(v)),
         };
 
         let mut infos = Vec::with_capacity(n_tensors);
@@ -392,7 +393,7 @@ impl Gguf {
             let name = c.string("tensor name length")?;
             let n_dims = c.u32("tensor n_dims")? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                bail!("{file}: tensor {name} has {n_dims} dimensions (1..={MAX_DIMS} supported)");
+                bail!("{file}: tensor {} has {n_dims} dimensions (1..={MAX_DIMS} supported)", crate::escape::text(&name));
             }
             let dims = (0..n_dims).map(|_| c.u64("tensor dim")).collect::<Result<Vec<_>>>()?;
             let ty = GgmlType(c.u32("tensor type")?);
@@ -408,30 +409,31 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(n_tensors);
         let mut tensor_index = HashMap::with_capacity(n_tensors);
         for (name, dims, ty, offset) in infos {
-            let (blk, blk_bytes) = ty.block().ok_or_else(|| anyhow!("{file}: tensor {name} has unknown ggml type id {}", ty.0))?;
+            let n = crate::escape::text(&name);
+            let (blk, blk_bytes) = ty.block().ok_or_else(|| anyhow!("{file}: tensor {n} has unknown ggml type id {}", ty.0))?;
             let n_el = dims
                 .iter()
                 .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
                 .filter(|&n| n.checked_mul(blk_bytes).is_some())
-                .ok_or_else(|| anyhow!("{file}: tensor {name} dims {dims:?} overflow"))?;
+                .ok_or_else(|| anyhow!("{file}: tensor {n} dims {dims:?} overflow"))?;
             if !(dims[0] as usize).is_multiple_of(blk) {
-                bail!("{file}: tensor {name} row length {} is not a multiple of the {} block size {blk}", dims[0], ty);
+                bail!("{file}: tensor {n} row length {} is not a multiple of the {} block size {blk}", dims[0], ty);
             }
             if !offset.is_multiple_of(alignment as u64) {
-                bail!("{file}: tensor {name} offset {offset} is not a multiple of the alignment {alignment}");
+                bail!("{file}: tensor {n} offset {offset} is not a multiple of the alignment {alignment}");
             }
             let size = n_el / blk * blk_bytes;
             let start = usize::try_from(offset).ok().and_then(|o| data_start.checked_add(o));
             let range = match start.and_then(|s| Some(s..s.checked_add(size)?)) {
                 Some(r) if r.end <= file_len => r,
                 _ => bail!(
-                    "{file}: tensor {name} data [{}..{}) exceeds file length {file_len}",
+                    "{file}: tensor {n} data [{}..{}) exceeds file length {file_len}",
                     data_start as u128 + offset as u128,
                     data_start as u128 + offset as u128 + size as u128
                 ),
             };
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                bail!("{file}: duplicate tensor name {name}");
+                bail!("{file}: duplicate tensor name {n}");
             }
             tensors.push(TensorInfo { name, dims, ty, offset, range });
         }
@@ -444,7 +446,7 @@ impl Gguf {
     }
 
     fn fail(&self, msg: impl fmt::Display) -> anyhow::Error {
-        anyhow!("{}: {msg}", self.path.display())
+        anyhow!("{}: {msg}", crate::escape::path(&self.path))
     }
 
     // --- metadata -----------------------------------------------------------------------------
@@ -461,9 +463,14 @@ impl Gguf {
     fn get_as<'a, T>(&'a self, key: &str, want: &str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => {
-                f(v).map(Some).ok_or_else(|| self.fail(format_args!("metadata {key}: expected {want}, found {} {v:?}", v.type_name())))
-            }
+            Some(v) => f(v).map(Some).ok_or_else(|| {
+                self.fail(format_args!(
+                    "metadata {}: expected {want}, found {} {}",
+                    crate::escape::text(key),
+                    v.type_name(),
+                    crate::escape::debug(v)
+                ))
+            }),
         }
     }
     /// Any integer value that fits in u32.
@@ -519,7 +526,7 @@ impl Gguf {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
     fn info_or_err(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensor_info(name).ok_or_else(|| self.fail(format_args!("no tensor named {name}")))
+        self.tensor_info(name).ok_or_else(|| self.fail(format_args!("no tensor named {}", crate::escape::text(name))))
     }
     /// Raw (possibly quantized) bytes of a tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
@@ -531,7 +538,8 @@ impl Gguf {
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info = self.info_or_err(name)?;
         let bytes = &self.bytes[info.range.clone()];
-        let out = dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
+        let out = dequantize(info.ty, bytes, info.n_elements())
+            .map_err(|e| self.fail(format_args!("tensor {}: {e}", crate::escape::text(name))))?;
         Ok((info.hf_shape(), out))
     }
 }
@@ -714,15 +722,6 @@ impl fmt::Display for ImportReport {
 }
 
 /// Removes a temporary directory unless disarmed.
-struct TmpDir(Option<PathBuf>);
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 fn dtype_name(d: Dtype) -> &'static str {
     match d {
         Dtype::F16 => "float16",
@@ -740,13 +739,23 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     if !matches!(opts.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         bail!("{}: output dtype {:?} not supported (F32, F16 or BF16)", out.display(), opts.dtype);
     }
-    if out.exists() && !opts.force {
-        bail!("{}: already exists (use --force to replace it)", out.display());
+    // The output is checked against the inputs and locked before any work.
+    let tok_cfg = opts.tokenizer.as_ref().map(|p| p.with_file_name("tokenizer_config.json"));
+    let mut inputs = vec![Source::new(gguf, "GGUF file")];
+    if let Some(p) = &opts.tokenizer {
+        inputs.push(Source::new(p, "tokenizer"));
     }
+    if let Some(p) = &tok_cfg {
+        inputs.push(Source::new(p, "tokenizer config"));
+    }
+    if let Some(p) = &opts.config {
+        inputs.push(Source::new(p, "config"));
+    }
+    let mut od = OutDir::begin(out, "import-gguf", opts.force, &inputs)?;
     let g = Gguf::open(gguf)?;
     let arch = g.get_str("general.architecture")?.unwrap_or("");
     if arch != "llama" {
-        return Err(g.fail(format_args!("architecture {arch:?} not supported (only llama)")));
+        return Err(g.fail(format_args!("architecture \"{}\" not supported (only llama)", crate::escape::text(arch))));
     }
     let req_u32 =
         |key: &str| -> Result<usize> { Ok(g.get_u32(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}")))? as usize) };
@@ -762,7 +771,8 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             if name == "rope_freqs.weight" || name.ends_with(".attn_rot_embd") {
                 return Ok((info, None));
             }
-            let hf = hf_name(name).ok_or_else(|| g.fail(format_args!("tensor {name} has no Hugging Face Llama equivalent")))?;
+            let hf = hf_name(name)
+                .ok_or_else(|| g.fail(format_args!("tensor {} has no Hugging Face Llama equivalent", crate::escape::text(name))))?;
             Ok((info, Some(hf)))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -781,7 +791,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     let tok = match &opts.tokenizer {
         Some(p) => {
             let json = std::fs::read(p).with_context(|| format!("{}: cannot read tokenizer", p.display()))?;
-            let cfg_path = p.with_file_name("tokenizer_config.json");
+            let cfg_path = tok_cfg.clone().unwrap_or_default();
             let cfg = match cfg_path.is_file() {
                 true => Some(std::fs::read(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?),
                 false => None,
@@ -791,8 +801,8 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
         None => {
             eprintln!(
                 "warning: {}: no --tokenizer given; copy a tokenizer.json into {} before `lowbit eval` or `lowbit quantize` reads text",
-                gguf.display(),
-                out.display()
+                crate::escape::path(gguf),
+                crate::escape::path(out)
             );
             None
         }
@@ -814,11 +824,14 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     for (info, hf) in plan {
         let name = &info.name;
         let Some(hf) = hf else {
-            eprintln!("{}: skipping {name} (not a model weight)", gguf.display());
+            eprintln!("{}: skipping {} (not a model weight)", crate::escape::path(gguf), crate::escape::text(name));
             report.skipped.push(name.clone());
             continue;
         };
         let (shape, mut data) = g.tensor_f32(name)?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(g.fail(format_args!("tensor {}: non-finite value {} at index {i}", crate::escape::text(name), data[i])));
+        }
         let heads = if name.contains(".attn_q.") {
             Some(n_head)
         } else if name.contains(".attn_k.") {
@@ -828,7 +841,8 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
         };
         if let Some(h) = heads {
             let cols = shape.get(1).copied().unwrap_or(1);
-            data = unpermute_rows(&data, shape[0], cols, h).map_err(|e| g.fail(format_args!("tensor {name}: {e}")))?;
+            data =
+                unpermute_rows(&data, shape[0], cols, h).map_err(|e| g.fail(format_args!("tensor {}: {e}", crate::escape::text(name))))?;
         }
         *report.ggml_types.entry(info.ty.name()).or_default() += 1;
         report.params += data.len() as u64;
@@ -836,22 +850,11 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     }
     report.tensors = outs.len();
 
-    // Write into a temp dir beside `out`, then rename into place.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
-    let base = out.file_name().ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?;
-    let tmp = parent.join(format!(".{}.import-tmp.{}", base.to_string_lossy(), std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale temp dir", tmp.display()))?;
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let mut guard = TmpDir(Some(tmp.clone()));
-
+    // Write into a temporary directory beside `out`, then move it into place.
+    let tmp = od.create_tmp()?.to_path_buf();
     let st = tmp.join("model.safetensors");
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    crate::quantize::check_finite_output(&outs)?;
     write_safetensors(&st, &outs, Some(meta))?;
     drop(outs);
     report.safetensors_bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
@@ -862,20 +865,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             write_atomic(&tmp.join("tokenizer_config.json"), &cfg)?;
         }
     }
-
-    if out.exists() {
-        if !opts.force {
-            bail!("{}: already exists (use --force to replace it)", out.display());
-        }
-        let old = parent.join(format!(".{}.import-old.{}", base.to_string_lossy(), std::process::id()));
-        std::fs::rename(out, &old).with_context(|| format!("{}: cannot move aside", out.display()))?;
-        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-        let res = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
-        res.with_context(|| format!("{}: cannot remove old output", old.display()))?;
-    } else {
-        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-    }
-    guard.0 = None;
+    od.commit()?;
     Ok(report)
 }
 

@@ -39,8 +39,9 @@ fn main() {
         }
     };
     if let Err(e) = lowbit::cli::run(cli) {
-        // One line: the file and the problem; the chain joined by ": ".
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        // One line: the file and the problem; the chain joined by ": ". Control characters from
+        // file names or file contents are escaped and the line is capped.
+        eprintln!("error: {}", lowbit::escape::line(&format!("{e:#}").replace('\n', " ")));
         std::process::exit(2);
     }
 }

@@ -111,11 +111,15 @@ impl Model {
         let (d, v) = (c.hidden_size, c.vocab_size);
         // Checked name by name: num_hidden_layers comes from config.json and may be absurd, so
         // the list of needed names is never built up front.
+        // The names checked, for the converse check below.
+        let expected = std::cell::RefCell::new(std::collections::HashSet::new());
         let need = |n: String, shape: &[usize]| -> Result<()> {
             if !self.ck.contains(&n) {
                 bail!("{}: missing tensor {n}", self.ck.dir.display());
             }
-            self.ck.check_shape(&n, shape)
+            self.ck.check_shape(&n, shape)?;
+            expected.borrow_mut().insert(n);
+            Ok(())
         };
         need("model.embed_tokens.weight".into(), &[v, d])?;
         need("model.norm.weight".into(), &[d])?;
@@ -154,6 +158,37 @@ impl Model {
                     );
                 }
             }
+        }
+        self.check_no_extra_tensors(&expected.into_inner())
+    }
+
+    /// Every stored tensor is one the config implies (`expected`, or a packed part of an
+    /// expected linear): a tensor of a layer beyond num_hidden_layers, or of anything else the
+    /// forward pass would not run, is refused by name instead of silently dropped.
+    fn check_no_extra_tensors(&self, expected: &std::collections::HashSet<String>) -> Result<()> {
+        let c = &self.cfg;
+        for n in self.ck.names().filter(|n| !expected.contains(*n)) {
+            let layer = n.strip_prefix("model.layers.").and_then(|r| r.split_once('.'));
+            if let Some((i, rest)) = layer {
+                if i.parse::<usize>().is_ok_and(|i| i >= c.num_layers) {
+                    bail!(
+                        "{}: tensor {} belongs to a layer beyond num_hidden_layers {} in config.json",
+                        self.ck.dir.display(),
+                        crate::escape::text(n),
+                        c.num_layers
+                    );
+                }
+                // Packed parts (qweight, scales, ...) of a packed linear the config has.
+                let packed_part = c.family.linears().iter().any(|l| {
+                    let p = format!("model.layers.{i}.{}", l.name);
+                    let packed = ["qweight", "vq_indices"].iter().any(|s| self.ck.contains(&format!("{p}.{s}")));
+                    packed && rest.strip_prefix(l.name).and_then(|r| r.strip_prefix('.')).is_some_and(|part| part != "bias")
+                });
+                if i.parse::<usize>().is_ok() && packed_part {
+                    continue;
+                }
+            }
+            bail!("{}: tensor {} is not part of the model config.json describes", self.ck.dir.display(), crate::escape::text(n));
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 
 use crate::arch::Input;
 use crate::checkpoint;
+use crate::escape;
 use crate::model::{LayerWeights, Model};
+use crate::outdir::{OutDir, Source};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
 use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
@@ -456,62 +458,68 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
     Ok(plans)
 }
 
-/// The temporary directory a run writes into, beside the output.
-pub fn partial_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.lowbit-partial"))
-}
-
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
     validate(o)?;
     let t0 = Instant::now();
     let model = Model::open_dense(model_dir)?;
     if model.cfg.raw.get("quantization_config").is_some() {
-        bail!("{}: already quantized (has quantization_config)", model_dir.display());
-    }
-    if !dry_run && o.out.exists() && !o.force {
-        bail!("{}: output directory exists (use --force to replace it)", o.out.display());
+        bail!("{}: already quantized (has quantization_config)", escape::path(model_dir));
     }
     if o.calib.is_some() {
         model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
     }
+    check_finite_tail(&model)?;
+    // The output is checked against the inputs and locked before any work (--dry-run writes
+    // nothing).
+    let mut od = if dry_run {
+        None
+    } else {
+        let mut inputs = vec![Source::new(model_dir, "model directory")];
+        if let Some(c) = &o.calib {
+            inputs.push(Source::new(c, "calibration text"));
+        }
+        Some(OutDir::begin(&o.out, "quantize", o.force, &inputs)?)
+    };
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
-        (Some(p), n) if n.any() => (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen),
+        (Some(p), n) if n.any() => {
+            crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
+            (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
+        }
         _ => (Vec::new(), 0),
     };
-    let tmp = partial_dir(&o.out);
-    let fp = fingerprint(model_dir, &model.ck, o, &tokens)?;
+    let mut ckpt = None;
     let mut resume_from = None;
-    if !dry_run {
-        if o.resume && tmp.exists() {
-            resume_from = checkpoint::load_state(&tmp, &fp)?;
-            if resume_from.is_none() {
-                eprintln!("warning: {}: no finished layer to resume from; starting over", tmp.display());
+    if let Some(od) = &mut od {
+        let fp = fingerprint(model_dir, &model.ck, o, &tokens)?;
+        // Keep finished layers for --resume only when asked to resume; otherwise leave nothing.
+        od.keep_tmp_on_failure(o.resume);
+        if o.resume {
+            let mut refused = None;
+            for (dir, _) in od.leftovers().into_iter().filter(|(_, cmd)| cmd == "quantize") {
+                match checkpoint::Checkpointer::load(&dir, &fp, model.cfg.num_layers) {
+                    Ok(Some((ck, st))) if resume_from.as_ref().is_none_or(|s: &checkpoint::State| st.layers_done > s.layers_done) => {
+                        ckpt = Some(ck);
+                        resume_from = Some(st);
+                    }
+                    Ok(_) => {}
+                    Err(e) => refused = refused.or(Some(e)),
+                }
+            }
+            match (&ckpt, refused) {
+                (Some(ck), _) => od.adopt(&ck.dir)?,
+                (None, Some(e)) => return Err(e),
+                (None, None) => eprintln!("warning: {}: no finished layer to resume from; starting over", escape::path(od.path())),
             }
         }
-        if resume_from.is_none() {
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
-            }
-            std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-            checkpoint::write_fingerprint(&tmp, &fp)?;
+        if ckpt.is_none() {
+            ckpt = Some(checkpoint::Checkpointer::new(od.create_tmp()?, &fp));
         }
     }
-    let ckpt = if dry_run { None } else { Some(checkpoint::Checkpointer { dir: tmp.clone(), fingerprint: fp }) };
-    let result = run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_ref(), resume_from, progress);
-    let (tensors, meta, lin_bits, lin_weights, forward_seconds) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Keep finished layers for --resume only when asked to resume; otherwise leave nothing.
-            if !o.resume {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-            return Err(e);
-        }
-    };
+    let (tensors, meta, lin_bits, lin_weights, forward_seconds) =
+        run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
     // Whole-checkpoint accounting.
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let params: u64 =
@@ -532,13 +540,10 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
     };
-    if dry_run {
-        return Ok(summary);
-    }
-    let finish = || write_output(model_dir, &model, o, &tmp, &tensors, &meta, &plans);
-    finish().inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
-    })?;
+    let Some(od) = od else { return Ok(summary) };
+    check_finite_output(&tensors)?;
+    write_output(model_dir, &model, o, od.tmp(), &tensors, &meta, &plans)?;
+    od.commit()?;
     Ok(summary)
 }
 
@@ -655,6 +660,22 @@ pub(crate) fn layer_out(
     Ok(r)
 }
 
+/// The tensors outside the decoder layers (embeddings, final norm, lm_head) are finite: checked
+/// before any work.
+pub(crate) fn check_finite_tail(model: &Model) -> Result<()> {
+    for n in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] {
+        if n == "lm_head.weight" && model.cfg.tie_word_embeddings {
+            continue;
+        }
+        let (info, bytes) = model.ck.raw(n)?;
+        if let Some(i) = crate::weights::first_non_finite(info.dtype, bytes) {
+            bail!("{}: tensor {n}: non-finite value at index {i}", escape::path(&model.ck.dir));
+        }
+        model.ck.release_pages();
+    }
+    Ok(())
+}
+
 /// Embeddings, final norm and lm_head in the output float type.
 pub(crate) fn tail_tensors(model: &Model, fd: Dtype) -> Result<Vec<OutTensor>> {
     let mut out = Vec::new();
@@ -678,7 +699,7 @@ fn run(
     plans: &[Vec<Option<LinearPlan>>],
     needs: Needs,
     dry_run: bool,
-    ckpt: Option<&checkpoint::Checkpointer>,
+    mut ckpt: Option<&mut checkpoint::Checkpointer>,
     resume: Option<checkpoint::State>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<RunOut> {
@@ -686,7 +707,7 @@ fn run(
     let mut out: Vec<OutTensor> = Vec::new();
     let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd) = match resume {
         Some(st) => {
-            let ck = ckpt.expect("resume needs a checkpoint directory");
+            let ck = ckpt.as_deref().expect("resume needs a checkpoint directory");
             let h = if seqlen > 0 { ck.read_hidden(tokens.len() * c.hidden_size)? } else { Vec::new() };
             eprintln!("resuming after layer {} of {}", st.layers_done, c.num_layers);
             (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds)
@@ -727,11 +748,10 @@ fn run(
         meta.modules.extend(r.modules);
         meta.vq_modules.extend(r.vq_modules);
         model.ck.release_pages();
-        if let Some(ck) = ckpt {
-            let layer: Vec<&OutTensor> = r.tensors.iter().collect();
+        if let Some(ck) = ckpt.as_deref_mut() {
             ck.write_layer(
                 i,
-                &layer,
+                &r.tensors,
                 &h,
                 &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd },
             )?;
@@ -742,7 +762,7 @@ fn run(
     drop(h);
     progress(c.num_layers, c.num_layers, "writing");
     // With checkpoints the packed layers live on disk during the run and are read back once here.
-    if let Some(ck) = ckpt {
+    if let Some(ck) = ckpt.as_deref() {
         for i in 0..c.num_layers {
             out.extend(ck.read_layer(i)?);
         }
@@ -751,8 +771,8 @@ fn run(
     Ok((out, meta, lin_bits, lin_weights, fwd))
 }
 
-/// Write the final directory from `tmp` (tensors, config.json with quantization_config, tokenizer
-/// files), drop the checkpoints, and rename it into place.
+/// Write the output files into the temporary directory `tmp` (tensors, config.json with
+/// quantization_config, tokenizer files) and drop the checkpoints; the caller moves it into place.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_output(
     model_dir: &Path,
@@ -805,12 +825,7 @@ pub(crate) fn write_output(
             crate::st_write::plain_permissions(&tmp.join(f))?;
         }
     }
-    checkpoint::remove_checkpoints(tmp)?;
-    if o.out.exists() {
-        std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot replace", o.out.display()))?;
-    }
-    std::fs::rename(tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
-    Ok(())
+    checkpoint::remove_checkpoints(tmp)
 }
 
 fn check_finite(v: &[f32], what: &str) -> Result<()> {
@@ -820,33 +835,65 @@ fn check_finite(v: &[f32], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every weight of a layer read from the model is finite: linears, biases and norms.
 pub(crate) fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
+    let p = format!("model.layers.{}", lw.index);
     for l in &lw.linears {
-        check_finite(&l.w, &format!("model.layers.{}.{}.weight", lw.index, l.spec.name))?;
+        check_finite(&l.w, &format!("{p}.{}.weight", l.spec.name))?;
+        if let Some(b) = &l.bias {
+            check_finite(b, &format!("{p}.{}.bias", l.spec.name))?;
+        }
+    }
+    check_finite(&lw.input_norm, &format!("{p}.input_layernorm.weight"))?;
+    check_finite(&lw.post_norm, &format!("{p}.post_attention_layernorm.weight"))
+}
+
+/// Every float tensor of the output is finite (a non-finite source weight, or a finite one that
+/// overflows --float-dtype f16, would otherwise be written and only show up as NaN at eval).
+pub(crate) fn check_finite_output(tensors: &[OutTensor]) -> Result<()> {
+    for t in tensors {
+        if let Some(i) = crate::weights::first_non_finite(t.dtype, &t.data) {
+            bail!(
+                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (choose a wider float type)",
+                escape::text(&t.name),
+                t.dtype
+            );
+        }
     }
     Ok(())
 }
 
-/// A digest of everything the output depends on: the model's config and tensor headers, the
-/// calibration tokens and every option. A resume with other inputs is refused.
+/// A digest of everything the output depends on: every byte of the model's files (config,
+/// tokenizer files, every safetensors shard) and of the calibration text, the calibration
+/// tokens, every option, and lowbit's version. A resume with other inputs is refused.
 fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, tokens: &[u32]) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(
-        std::fs::read(model_dir.join("config.json"))
-            .with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?,
-    );
-    for (name, info) in ck.tensors() {
-        h.update(format!("{name}:{:?}:{:?};", info.dtype, info.shape));
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // Every piece length-prefixed, so no two different inputs concatenate to the same stream.
+    let mut put = |tag: &str, bytes: &[u8]| {
+        h.update(&(tag.len() as u64).to_le_bytes());
+        h.update(tag.as_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put("lowbit", format!("{}|{}", env!("CARGO_PKG_VERSION"), checkpoint::FORMAT).as_bytes());
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        let p = model_dir.join(f);
+        match std::fs::read(&p) {
+            Ok(b) => put(f, &b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => put(f, b"(absent)"),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", escape::path(&p))),
+        }
     }
-    // Tensor contents: sampled, so fingerprinting stays cheap on big checkpoints.
-    for name in ck.names().step_by(7) {
-        let (_, b) = ck.raw(name)?;
-        h.update(&b[..b.len().min(4096)]);
+    for (path, bytes) in ck.files() {
+        put(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), bytes);
+        ck.release_pages();
     }
-    h.update(tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+    if let Some(c) = &o.calib {
+        put("calib", &std::fs::read(c).with_context(|| format!("{}: cannot read", escape::path(c)))?);
+    }
+    put("tokens", &tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
     let opts = format!(
-        "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+        "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}|{:?}",
         o.method,
         o.bits,
         o.group_size,
@@ -858,11 +905,15 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         o.search_tokens,
         o.overrides.iter().map(|v| format!("{}={:?}:{}:{:?}", v.pattern, v.method, v.bits, v.group_size)).collect::<Vec<_>>(),
         o.skip.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>(),
-        o.seed
+        o.seed,
+        o.vptq,
+        o.act_order,
+        o.static_groups,
+        o.propagate_fp,
+        o.aware_weight
     );
-    h.update(opts.as_bytes());
-    h.update(format!("{:?}|{}|{}|{}|{:?}", o.vptq, o.act_order, o.static_groups, o.propagate_fp, o.aware_weight).as_bytes());
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    put("options", opts.as_bytes());
+    Ok(format!("{:032x}", h.digest128()))
 }
 
 /// Per-module metadata of a lowbit output, for inspect.
