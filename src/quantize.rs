@@ -4,9 +4,10 @@
 
 use crate::arch::Input;
 use crate::checkpoint;
+use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
+use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
@@ -127,15 +128,19 @@ pub struct LinearPlan {
     pub method: Method,
     pub bits: u8,
     pub group_size: usize,
+    /// A llama.cpp block type: the codes live on its grid (`bits` / `group_size` unused).
+    pub ty: Option<GgmlType>,
 }
 
-/// `--override 'REGEX=METHOD:BITS[:GROUP]'`: linears whose full name matches get this plan.
+/// `--override 'REGEX=METHOD:BITS[:GROUP]'` or `'REGEX=METHOD:TYPE'` (a GGUF block type, e.g.
+/// `q6_k`): linears whose full name matches get this plan.
 #[derive(Clone, Debug)]
 pub struct Override {
     pub pattern: regex::Regex,
     pub method: Method,
     pub bits: u8,
     pub group_size: Option<usize>,
+    pub ty: Option<GgmlType>,
 }
 
 impl std::str::FromStr for Override {
@@ -149,9 +154,16 @@ impl std::str::FromStr for Override {
             return Err(bad());
         }
         let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
+        if !parts[1].starts_with(|c: char| c.is_ascii_digit()) {
+            let ty = parse_block_type(parts[1]).map_err(|e| anyhow!("--override {s:?}: {e}"))?;
+            if parts.len() > 2 {
+                return Err(bad());
+            }
+            return Ok(Override { pattern, method, bits: 0, group_size: None, ty: Some(ty) });
+        }
         let bits: u8 = parts[1].parse().map_err(|_| bad())?;
         let group_size = parts.get(2).map(|g| g.parse::<usize>()).transpose().map_err(|_| bad())?;
-        Ok(Override { pattern, method, bits, group_size })
+        Ok(Override { pattern, method, bits, group_size, ty: None })
     }
 }
 
@@ -164,6 +176,8 @@ pub enum Format {
     Awq,
     /// GPTQ v1 (2/3/4/8-bit).
     Gptq,
+    /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
+    Gguf,
 }
 
 impl Format {
@@ -173,6 +187,7 @@ impl Format {
             Format::Lowbit => "lowbit",
             Format::Awq => "awq",
             Format::Gptq => "gptq",
+            Format::Gguf => "gguf",
         }
     }
 }
@@ -223,6 +238,30 @@ pub struct Options {
     pub static_groups: bool,
     /// Importance weighting of the -aware methods.
     pub aware_weight: AwareWeight,
+    /// GGUF block type of the linears (`--gguf-type`; `--format gguf` defaults to Q4_K).
+    pub gguf_type: Option<GgmlType>,
+    /// GGUF: type of the token embedding / output tensor (None: llama.cpp's defaults).
+    pub token_embd_type: Option<GgmlType>,
+    pub output_type: Option<GgmlType>,
+}
+
+/// The default GGUF type of the linears.
+pub const DEFAULT_GGUF_TYPE: GgmlType = GgmlType::Q4_K;
+
+/// A block type lowbit writes, by name ("q4_k"); unknown names are refused with the list.
+pub fn parse_block_type(s: &str) -> Result<GgmlType> {
+    GgmlType::parse(s).filter(|t| crate::gguf::blocks::Kind::of(*t).is_some()).ok_or_else(|| {
+        let names: Vec<String> = crate::gguf::blocks::WRITABLE.iter().map(|t| t.name().to_lowercase()).collect();
+        anyhow!("unknown GGUF block type {s:?} (expected one of {})", names.join(", "))
+    })
+}
+
+/// A tensor type for the GGUF token embedding / output: a block type or f32 / f16 / bf16.
+pub fn parse_tensor_type(s: &str) -> Result<GgmlType> {
+    match GgmlType::parse(s) {
+        Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)) => Ok(t),
+        _ => parse_block_type(s).map_err(|e| anyhow!("{e}, f32, f16 or bf16")),
+    }
 }
 
 impl Options {
@@ -231,9 +270,16 @@ impl Options {
         if self.skip.iter().any(|r| r.is_match(prefix)) {
             return None;
         }
-        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size };
+        let base_ty = self.gguf_type.or((self.format == Format::Gguf).then_some(DEFAULT_GGUF_TYPE));
+        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size, ty: base_ty };
         for o in self.overrides.iter().filter(|o| o.pattern.is_match(prefix)) {
-            p = LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size) };
+            p = match o.ty {
+                Some(t) => LinearPlan { method: o.method, ty: Some(t), ..p },
+                None => LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size), ty: base_ty },
+            };
+        }
+        if let Some(t) = p.ty {
+            p.group_size = crate::gguf::blocks::Kind::of(t).map_or(32, |k| k.block);
         }
         Some(p)
     }
@@ -259,12 +305,25 @@ pub struct Summary {
     pub quantized_linears: usize,
     pub peak_rss_bytes: Option<u64>,
     pub dry_run: bool,
+    /// GGUF: tensors stored in another type than asked for (llama.cpp's fallbacks), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 /// Validate options before any work.
 pub fn validate(o: &Options) -> Result<()> {
-    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size })
-        .chain(o.overrides.iter().map(|v| LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size) }));
+    let gguf_plans = o.gguf_type.is_some() || o.format == Format::Gguf || o.overrides.iter().any(|v| v.ty.is_some());
+    if gguf_plans {
+        validate_gguf(o)?;
+    }
+    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size, ty: None }).chain(
+        o.overrides.iter().filter(|v| v.ty.is_none()).map(|v| LinearPlan {
+            method: v.method,
+            bits: v.bits,
+            group_size: v.group_size.unwrap_or(o.group_size),
+            ty: None,
+        }),
+    );
     for p in plans {
         if !(2..=8).contains(&p.bits) {
             bail!("--bits must be between 2 and 8 (got {})", p.bits);
@@ -288,12 +347,43 @@ pub fn validate(o: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The GGUF rules: methods that can choose codes on a block grid, formats that can hold them.
+fn validate_gguf(o: &Options) -> Result<()> {
+    let ok = |m: Method| matches!(m, Method::Rtn | Method::Awq | Method::Gptq);
+    for m in std::iter::once(o.method).chain(o.overrides.iter().map(|v| v.method)) {
+        if !ok(m) {
+            bail!("--method {}: GGUF block types are quantized with rtn, awq or gptq", m.name());
+        }
+        if m.needs(o).any() && o.calib.is_none() {
+            bail!("--method {} needs --calib FILE (calibration text)", m.name());
+        }
+    }
+    match o.format {
+        Format::Gguf => {}
+        Format::Lowbit => {
+            for t in o.gguf_type.iter().chain(o.overrides.iter().filter_map(|v| v.ty.as_ref())) {
+                if !matches!(*t, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4_0) {
+                    bail!(
+                        "--gguf-type {}: only Q8_0, Q5_0 and Q4_0 codes fit lowbit's layout (use --format gguf)",
+                        t.name().to_lowercase()
+                    );
+                }
+            }
+        }
+        f => bail!("--format {}: GGUF block types are written by --format gguf (or lowbit for Q8_0/Q5_0/Q4_0)", f.name()),
+    }
+    if o.format != Format::Gguf && (o.token_embd_type.is_some() || o.output_type.is_some()) {
+        bail!("--token-embedding-type / --output-tensor-type need --format gguf");
+    }
+    Ok(())
+}
+
 fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
     if o.format == Format::Awq && !o.sym && q.zeros.iter().any(|&z| z > 15) {
         bail!("{prefix}: zero point does not fit 4 bits");
     }
     let layout = match o.format {
-        Format::Lowbit => crate::pack::Layout::Lowbit,
+        Format::Lowbit | Format::Gguf => crate::pack::Layout::Lowbit,
         Format::Awq => crate::pack::Layout::Awq,
         Format::Gptq => crate::pack::Layout::Gptq,
     };
@@ -317,6 +407,9 @@ type ZeroFreeQuantizer = fn(&[f32], usize, usize, u8, usize, Option<&[f32]>) -> 
 
 fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
+    if let Some(ty) = p.ty {
+        return Box::new(move |row: &mut [f32], _s: &[f32]| qgguf::fake_quant_row(ty, row, None));
+    }
     match p.method {
         Method::AwqStatsq | Method::AwqShift => {
             let quantize: ZeroFreeQuantizer = if p.method.grid() == Grid::HalfInt { statsq::statsq } else { shift::shift };
@@ -376,7 +469,9 @@ fn quantize_layer(
         let fq = row_quantizer(p, o.sym, imp, o.aware_weight);
         let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
         awq::apply_scale(lw, &g, &s);
-        if cfg.clip && p.method == Method::Awq {
+        // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
+        // range search takes its place.
+        if cfg.clip && p.method == Method::Awq && p.ty.is_none() {
             // The group's inputs are now x / s.
             let n = st.sample_rows().min(512);
             let mut x = st.sample[..n * inn].to_vec();
@@ -401,6 +496,12 @@ fn quantize_layer(
             hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
         }
         let h = || &hessians[&l.spec.input];
+        if let Some(ty) = p.ty {
+            out.push(Some(QTensor::Gguf(
+                quantize_gguf(o, ty, p.method, l, &stats, &folded, h).with_context(|| format!("{prefix}: {}", ty))?,
+            )));
+            continue;
+        }
         let q = match p.method {
             Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
             Method::Statsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
@@ -423,6 +524,36 @@ fn quantize_layer(
     Ok(out)
 }
 
+/// One linear onto a GGUF block grid: RTN (unit weights), AWQ (after its channel scaling, the
+/// block fit weighted by the scaled `E[x²]`, as llama.cpp's imatrix), GPTQ (error feedback on the
+/// block grid; act-order with static groups).
+fn quantize_gguf<'a>(
+    o: &Options,
+    ty: GgmlType,
+    method: Method,
+    l: &crate::model::LinearW,
+    stats: &HashMap<Input, InputStats>,
+    folded: &HashMap<Input, Vec<f32>>,
+    h: impl Fn() -> &'a Vec<f64>,
+) -> Result<qgguf::BlockQ> {
+    Ok(match method {
+        Method::Rtn => qgguf::quantize(ty, &l.w, l.out, l.inn, None),
+        Method::Awq => {
+            let imp =
+                scaled_importance(&stats[&l.spec.input].mean_sq(), folded.get(&l.spec.input).map(|s| s.as_slice()), AwareWeight::MeanSq);
+            qgguf::quantize(ty, &l.w, l.out, l.inn, Some(&imp))
+        }
+        Method::Gptq => {
+            let mut cfg = gptq::GptqConfig::new(8, 32, false);
+            cfg.act_order = o.act_order;
+            cfg.static_groups = o.static_groups || o.act_order;
+            let (codes, params, _) = gptq::gptq_on(&l.w, l.out, l.inn, h(), &cfg, &qgguf::BlockGrid::new(ty))?;
+            qgguf::encode_matrix(ty, l.out, l.inn, &codes, &params)
+        }
+        m => bail!("--method {} cannot write GGUF blocks", m.name()),
+    })
+}
+
 /// Every linear's plan, layer by layer. Linears the layout cannot hold are kept in float (and
 /// listed in modules_to_not_convert), with one warning per kind; decided before any work.
 pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<LinearPlan>>>> {
@@ -434,7 +565,9 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         for spec in c.family.linears() {
             let prefix = format!("model.layers.{i}.{}", spec.name);
             let mut plan = o.plan(&prefix);
-            if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
+            if let Some(p) = plan.filter(|p| p.ty.is_some()) {
+                plan = gguf_fallback(o, p, model.linear_shape(spec).1, &prefix)?;
+            } else if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
                 let (out, inn) = model.linear_shape(spec);
                 let probe = probe_q(p, out, inn, o.sym);
                 if let Err(e) = pack(o, &probe, &prefix) {
@@ -456,6 +589,43 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
     Ok(plans)
 }
 
+/// A GGUF plan for a linear of `cols` input columns after llama.cpp's fallbacks: another block
+/// type, or `None` (kept in float, as llama.cpp's F16) when no 32-block divides the rows. A type
+/// asked for by `--override` that neither it nor its fallback can hold is an error naming the
+/// tensor.
+fn gguf_fallback(o: &Options, p: LinearPlan, cols: usize, prefix: &str) -> Result<Option<LinearPlan>> {
+    let ty = p.ty.expect("gguf plan");
+    match crate::gguf::blocks::fallback(ty, cols) {
+        Some(t) => Ok(Some(LinearPlan { ty: Some(t), group_size: crate::gguf::blocks::Kind::of(t).map_or(32, |k| k.block), ..p })),
+        None if o.overrides.iter().any(|v| v.ty == Some(ty) && v.pattern.is_match(prefix)) => {
+            bail!("{prefix}: {cols} input columns cannot hold {} blocks (nor those of its fallback type)", ty.name())
+        }
+        None if o.format == Format::Lowbit => bail!("{prefix}: {cols} input columns cannot hold {} blocks", ty.name()),
+        None => Ok(None),
+    }
+}
+
+/// One line per (linear, asked type, stored type) where a GGUF plan fell back, with its layers.
+pub fn gguf_fallbacks(model: &Model, o: &Options, plans: &[Vec<Option<LinearPlan>>]) -> Vec<String> {
+    let mut by: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
+    for (i, row) in plans.iter().enumerate() {
+        for (spec, p) in model.cfg.family.linears().iter().zip(row) {
+            let prefix = format!("model.layers.{i}.{}", spec.name);
+            let Some(asked) = o.plan(&prefix).and_then(|p| p.ty) else { continue };
+            let got = p.and_then(|p| p.ty).map_or_else(|| "F16 (float)".to_string(), |t| t.name());
+            if got != asked.name() {
+                by.entry((spec.name.to_string(), asked.name(), got)).or_default().push(i);
+            }
+        }
+    }
+    by.into_iter()
+        .map(|((name, a, g), layers)| {
+            let cols = model.linear_shape(model.cfg.family.linears().iter().find(|s| s.name == name).expect("in table")).1;
+            format!("{name} in {} layer(s): {a} -> {g} ({cols} columns)", layers.len())
+        })
+        .collect()
+}
+
 /// The temporary directory a run writes into, beside the output.
 pub fn partial_dir(out: &Path) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
@@ -471,6 +641,12 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     }
     if !dry_run && o.out.exists() && !o.force {
         bail!("{}: output directory exists (use --force to replace it)", o.out.display());
+    }
+    if o.format == Format::Gguf {
+        crate::gguf::export::check_exportable(&model.cfg, &model_dir.join("config.json"))?;
+        if o.out.is_dir() {
+            bail!("{}: is a directory; --format gguf writes one file", o.out.display());
+        }
     }
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
@@ -513,7 +689,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let params: u64 =
         lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
-    let summary = Summary {
+    let mut summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
         format: o.format.name().into(),
@@ -528,8 +704,20 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         quantized_linears: plans.iter().flatten().filter(|p| p.is_some()).count(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
+        fallbacks: gguf_fallbacks(&model, o, &plans),
     };
     if dry_run {
+        return Ok(summary);
+    }
+    if o.format == Format::Gguf {
+        let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
+        let res = crate::gguf::export::write_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type, &o.out);
+        let _ = std::fs::remove_dir_all(&tmp);
+        let w = res?;
+        summary.bytes = w.bytes;
+        summary.model_bpw = 8.0 * w.bytes as f64 / w.params.max(1) as f64;
+        summary.fallbacks.extend(w.fallbacks);
+        summary.seconds = t0.elapsed().as_secs_f64();
         return Ok(summary);
     }
     let finish = || write_output(model_dir, &model, o, &tmp, &tensors, &meta, &plans);
@@ -540,7 +728,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
 }
 
 fn is_packed_part(name: &str) -> bool {
-    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s))
+    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) || name.contains(".ggml_")
 }
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
@@ -610,7 +798,16 @@ pub(crate) fn layer_out(
     let c = &model.cfg;
     let fd = o.float_dtype;
     let qs: Vec<Option<QTensor>> = if dry_run {
-        lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
+        lw.linears
+            .iter()
+            .zip(plan)
+            .map(|(l, p)| {
+                p.map(|p| match p.ty {
+                    Some(t) => QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None)),
+                    None => QTensor::Group(probe_q(p, l.out, l.inn, o.sym)),
+                })
+            })
+            .collect()
     } else {
         quantize_layer(o, model, lw, plan, stats)?
     };
@@ -627,6 +824,21 @@ pub(crate) fn layer_out(
                     r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
                 }
                 r.tensors.extend(packed.to_tensors(&prefix));
+            }
+            (Some(QTensor::Gguf(b)), Some(pl)) => {
+                r.bits += b.storage_bits();
+                r.weights += (b.rows * b.cols) as u64;
+                if o.format == Format::Gguf {
+                    r.tensors.push(crate::pack::gguf::to_tensor(b, &prefix));
+                } else {
+                    let g =
+                        crate::pack::gguf::to_groupq(b).ok_or_else(|| anyhow!("{prefix}: {} codes do not fit lowbit's layout", b.ty))?;
+                    let packed = pack(o, &g, &prefix)?;
+                    if let Packed::Lowbit(lp) = &packed {
+                        r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
+                    }
+                    r.tensors.extend(packed.to_tensors(&prefix));
+                }
             }
             (Some(QTensor::Vq(v)), Some(pl)) => {
                 let packed = crate::pack::vq::VqPacked::pack(v).with_context(|| format!("{prefix}: cannot pack"))?;
@@ -762,6 +974,7 @@ pub(crate) fn write_output(
         Format::Lowbit => serde_json::to_value(meta)?,
         Format::Awq => AwqPacked::quantization_config(o.group_size),
         Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
+        Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
     };
     let float: Vec<String> = (0..c.num_layers)
         .flat_map(|i| {
@@ -854,6 +1067,10 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
     );
     h.update(opts.as_bytes());
     h.update(format!("{:?}|{}|{}|{}|{:?}", o.vptq, o.act_order, o.static_groups, o.propagate_fp, o.aware_weight).as_bytes());
+    h.update(
+        format!("{:?}|{:?}|{:?}|{:?}", o.gguf_type, o.token_embd_type, o.output_type, o.overrides.iter().map(|v| v.ty).collect::<Vec<_>>())
+            .as_bytes(),
+    );
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
