@@ -86,7 +86,8 @@ impl Method {
         let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
-            Method::Awq => awq,
+            // On GGUF block grids, the block fit after AWQ's scaling is weighted by E[x²].
+            Method::Awq => Needs { mean_sq: o.format == Format::Gguf || o.gguf_type.is_some(), ..awq },
             // AWQ's search in front of the aware quantizer.
             Method::AwqStatsq | Method::AwqShift => Needs { mean_sq: o.aware_weight == AwareWeight::MeanSq, ..awq },
             Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
@@ -600,7 +601,6 @@ fn gguf_fallback(o: &Options, p: LinearPlan, cols: usize, prefix: &str) -> Resul
         None if o.overrides.iter().any(|v| v.ty == Some(ty) && v.pattern.is_match(prefix)) => {
             bail!("{prefix}: {cols} input columns cannot hold {} blocks (nor those of its fallback type)", ty.name())
         }
-        None if o.format == Format::Lowbit => bail!("{prefix}: {cols} input columns cannot hold {} blocks", ty.name()),
         None => Ok(None),
     }
 }
