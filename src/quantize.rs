@@ -499,7 +499,7 @@ fn quantize_layer(
         let h = || &hessians[&l.spec.input];
         if let Some(ty) = p.ty {
             out.push(Some(QTensor::Gguf(
-                quantize_gguf(o, ty, p.method, l, &stats, &folded, h).with_context(|| format!("{prefix}: {}", ty))?,
+                quantize_gguf(o, ty, p.method, l, stats, &folded, h).with_context(|| format!("{prefix}: {}", ty))?,
             )));
             continue;
         }
@@ -548,6 +548,7 @@ fn quantize_gguf<'a>(
             let mut cfg = gptq::GptqConfig::new(8, 32, false);
             cfg.act_order = o.act_order;
             cfg.static_groups = o.static_groups || o.act_order;
+            cfg.report_baseline = false;
             let (codes, params, _) = gptq::gptq_on(&l.w, l.out, l.inn, h(), &cfg, &qgguf::BlockGrid::new(ty))?;
             qgguf::encode_matrix(ty, l.out, l.inn, &codes, &params)
         }

@@ -153,7 +153,7 @@ fn cases() -> Vec<Case> {
         ty: GgmlType::Q6_K,
         block: blk(GgmlType::Q6_K, 0.5, 0.0, &sc, &[], (0..256).map(|e| (e % 64) as u8).collect()),
         bytes,
-        values: (0..256).map(|e| 0.5 * (8 * (e / 16) as i32 - 64) as f32 * ((e % 64) as f32 - 32.0)).collect(),
+        values: (0..256).map(|e| 0.5 * (8 * (e / 16) - 64) as f32 * ((e % 64) as f32 - 32.0)).collect(),
     });
     v
 }
@@ -224,10 +224,10 @@ fn quantizer_lands_on_the_grid_and_falls_back_like_llama_cpp() {
     assert_eq!(q.data.len(), 2 * 22);
     let deq = dequantize(t, &q.data, 64).unwrap();
     let d0 = f16::from_le_bytes([q.data[0], q.data[1]]).to_f32();
-    for i in 0..16 {
-        let qh = u32::from_le_bytes(q.data[2..6].try_into().unwrap());
+    let qh = u32::from_le_bytes(q.data[2..6].try_into().unwrap());
+    for (i, &v) in deq.iter().enumerate().take(16) {
         let lo = (q.data[6 + i] & 0xF) as u32 | ((qh >> i) & 1) << 4;
-        assert_eq!(deq[i], (lo as i32 - 16) as f32 * d0);
+        assert_eq!(v, (lo as i32 - 16) as f32 * d0);
     }
     assert!(row.iter().zip(&deq).all(|(a, b)| (a - b).abs() <= 1.0), "{deq:?}");
 }

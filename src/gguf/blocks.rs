@@ -258,9 +258,9 @@ pub fn decode(kind: &Kind, b: &[u8]) -> Block {
         }
         GgmlType::Q2_K => {
             // scales[16] | qs[64] | d | dmin
-            for s in 0..16 {
-                blk.sc[s] = (b[s] & 0xF) as i16;
-                blk.mn[s] = b[s] >> 4;
+            for (s, &x) in b[..16].iter().enumerate() {
+                blk.sc[s] = (x & 0xF) as i16;
+                blk.mn[s] = x >> 4;
             }
             let qs = &b[16..80];
             blk.d = f16_le(b, 80);
@@ -303,8 +303,8 @@ pub fn decode(kind: &Kind, b: &[u8]) -> Block {
         GgmlType::Q6_K => {
             // ql[128] | qh[64] | scales[16] (i8) | d
             let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-            for s in 0..16 {
-                blk.sc[s] = sc[s] as i8 as i16;
+            for (d, &x) in blk.sc.iter_mut().zip(sc) {
+                *d = x as i8 as i16;
             }
             blk.d = f16_le(b, 208);
             for (e, q) in q.iter_mut().enumerate() {
@@ -363,8 +363,8 @@ pub fn encode(kind: &Kind, blk: &Block, out: &mut [u8]) {
             out[p..p + 4].copy_from_slice(&qh.to_le_bytes());
         }
         GgmlType::Q2_K => {
-            for s in 0..16 {
-                out[s] = (blk.sc[s] as u8 & 0xF) | (blk.mn[s] << 4);
+            for ((o, &sc), &mn) in out[..16].iter_mut().zip(&blk.sc).zip(&blk.mn) {
+                *o = (sc as u8 & 0xF) | (mn << 4);
             }
             for (e, &q) in q.iter().enumerate() {
                 out[16 + 32 * (e / 128) + e % 32] |= q << (2 * ((e % 128) / 32));

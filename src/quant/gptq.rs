@@ -72,12 +72,25 @@ pub struct GptqConfig {
     /// `HalfInt` (StatsQ) / `Shift` grids, whose group scales come from the aware StatsQ / shift
     /// search weighted by `diag(H)` (`gptq+statsq`, `gptq+shift`).
     pub grid: Grid,
+    /// [`gptq_on`]: also quantize without error feedback for [`GptqReport::rtn_error`] (NaN
+    /// otherwise; [`gptq`] always reports it).
+    pub report_baseline: bool,
 }
 
 impl GptqConfig {
     /// GPTQ's defaults: no act-order, groups refitted in walk order, damp 0.01, blocks of 128.
     pub fn new(bits: u8, group_size: usize, sym: bool) -> Self {
-        Self { bits, group_size, sym, act_order: false, static_groups: false, damp: 0.01, block: 128, grid: Grid::Affine }
+        Self {
+            bits,
+            group_size,
+            sym,
+            act_order: false,
+            static_groups: false,
+            damp: 0.01,
+            block: 128,
+            grid: Grid::Affine,
+            report_baseline: true,
+        }
     }
 }
 
@@ -229,6 +242,9 @@ pub fn gptq_on<G: WalkGrid>(
     };
     let deq = deq_of(&wk.codes, &wk.params);
     let h_weighted_error = wk.err_sq - wk.lambda * wk.sq_norm(w, &deq);
+    if !cfg.report_baseline {
+        return Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error: f64::NAN, seconds: t0.elapsed().as_secs_f64() }));
+    }
     // Baseline: the grid's fit of every group of the original weight, nearest codes.
     let mut base_params = Vec::with_capacity(out * ng);
     let mut base_codes = vec![0u8; out * inn];
