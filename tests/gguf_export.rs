@@ -290,7 +290,7 @@ fn run_ok(args: &[&str]) -> String {
 fn ppl(model: &Path, tokenizer: Option<&Path>) -> f64 {
     let text = tinystories_text();
     let mut args =
-        vec!["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--ctx", "128", "--max-windows", "6", "--json"];
+        vec!["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--ctx", "256", "--max-windows", "20", "--json"];
     if let Some(t) = tokenizer {
         args.extend(["--tokenizer", t.to_str().unwrap()]);
     }
@@ -384,9 +384,9 @@ fn gptq_and_awq_export_gguf_from_calibration() {
             "--calib",
             calib.to_str().unwrap(),
             "--calib-samples",
-            "8",
+            "64",
             "--calib-seqlen",
-            "128",
+            "256",
         ]);
         p.push(ppl(&g, Some(&s.join("tokenizer.json"))));
     }
@@ -890,4 +890,62 @@ fn tokenizer_metadata_matches_llama_cpp_converter_output() {
     ] {
         assert_eq!(mine.get_u64(k).unwrap(), refg.get_u64(k).unwrap(), "{k}");
     }
+}
+
+#[test]
+fn llama_variants_write_their_rope_and_head_metadata_or_are_refused() {
+    let d = tmp();
+    let export = |name: &str| {
+        let out = d.path().join(format!("{name}.gguf"));
+        let m = shared(&format!("testdata/arch/{name}"));
+        let r = lowbit(&[
+            "quantize",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "rtn",
+            "--format",
+            "gguf",
+            "--gguf-type",
+            "q8_0",
+        ]);
+        (r, out)
+    };
+    let ((code, _, err), out) = export("llama-rope-linear");
+    assert_eq!(code, 0, "{err}");
+    let g = Gguf::open(&out).unwrap();
+    assert_eq!(g.get_str("llama.rope.scaling.type").unwrap(), Some("linear"));
+    assert_eq!(g.get_f32("llama.rope.scaling.factor").unwrap(), Some(4.0));
+    let ((code, _, err), out) = export("llama-headdim");
+    assert_eq!(code, 0, "{err}");
+    let g = Gguf::open(&out).unwrap();
+    assert_eq!(g.get_u32("llama.attention.key_length").unwrap(), Some(32));
+    assert_eq!(g.get_u32("llama.rope.dimension_count").unwrap(), Some(32));
+    // llama3 rope scaling: the converter's per-frequency factors, 1 for wavelengths below
+    // original_ctx / high_freq_factor, the factor above original_ctx / low_freq_factor.
+    let ((code, _, err), out) = export("llama3-rope");
+    assert_eq!(code, 0, "{err}");
+    let g = Gguf::open(&out).unwrap();
+    let (shape, f) = g.tensor_f32("rope_freqs.weight").unwrap();
+    assert_eq!(shape, [8]);
+    let (theta, dim, old, factor) = (500000f64, 16f64, 64f64, 8f64);
+    for (i, &v) in f.iter().enumerate() {
+        let wl = 2.0 * std::f64::consts::PI * theta.powf(2.0 * i as f64 / dim);
+        if wl < old / 4.0 {
+            assert_eq!(v, 1.0, "{i}");
+        } else if wl > old {
+            assert_eq!(v, factor as f32, "{i}");
+        } else {
+            assert!(v > 1.0 && v < factor as f32, "{i}: {v}");
+        }
+    }
+    let ((code, _, err), out) = export("mistral-swa");
+    assert_eq!(code, 2);
+    assert!(err.contains("sliding_window") && err.contains("config.json"), "{err}");
+    assert!(!out.exists());
+    let ((code, _, err), _) = export("llama-bias");
+    assert_eq!(code, 2);
+    assert!(err.contains("attention_bias"), "{err}");
 }

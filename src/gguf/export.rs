@@ -84,6 +84,15 @@ pub fn permuted_heads(cfg: &ModelConfig, linear: &str) -> Option<usize> {
     }
 }
 
+/// The rope-scaling object of a config: `rope_scaling`, or transformers 5's `rope_parameters`
+/// when its `rope_type` is not `default`.
+fn rope_scaling(raw: &Json) -> Option<&Json> {
+    let typ = |v: &Json| v.get("rope_type").or_else(|| v.get("type")).and_then(Json::as_str).map(str::to_string);
+    raw.get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or_else(|| raw.get("rope_parameters").filter(|v| typ(v).is_some_and(|t| t != "default")))
+}
+
 /// Refuse what llama.cpp's llama architecture (as lowbit writes it) cannot express, naming the
 /// config key. `cfg_path` names config.json in the message.
 pub fn check_exportable(cfg: &ModelConfig, cfg_path: &Path) -> Result<()> {
@@ -101,7 +110,7 @@ pub fn check_exportable(cfg: &ModelConfig, cfg_path: &Path) -> Result<()> {
     if let Some(w) = raw.get("sliding_window").filter(|v| !v.is_null()) {
         bail!("{p}: sliding_window {w}: llama.cpp's llama architecture has no sliding-window attention; refusing to export");
     }
-    if let Some(rs) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
+    if let Some(rs) = rope_scaling(raw) {
         let t = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("");
         if !matches!(t, "linear" | "llama3" | "default") {
             bail!("{p}: rope_scaling.rope_type \"{t}\": GGUF export writes linear and llama3 rope scaling only");
@@ -156,7 +165,7 @@ pub fn put_hparams(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, base: Ggml
         w.u32("llama.attention.key_length", cfg.head_dim as u32);
         w.u32("llama.attention.value_length", cfg.head_dim as u32);
     }
-    if let Some(rs) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
+    if let Some(rs) = rope_scaling(raw) {
         let t = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str).unwrap_or("");
         if t == "linear" {
             w.str("llama.rope.scaling.type", "linear");
@@ -168,7 +177,7 @@ pub fn put_hparams(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, base: Ggml
 /// The llama3 rope-scaling factors (`rope_freqs.weight`, `head_dim / 2` values) as llama.cpp's
 /// converter computes them from `rope_scaling`; `None` unless the config asks for llama3 scaling.
 pub fn llama3_rope_freqs(cfg: &ModelConfig) -> Option<WTensor> {
-    let rs = cfg.raw.get("rope_scaling").filter(|v| !v.is_null())?;
+    let rs = rope_scaling(&cfg.raw)?;
     if rs.get("rope_type").or_else(|| rs.get("type")).and_then(Json::as_str) != Some("llama3") {
         return None;
     }
