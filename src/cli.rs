@@ -95,9 +95,22 @@ pub struct QuantSettings {
     #[arg(help_heading = "AWQ", long, default_value_t = 2048)]
     pub search_tokens: usize,
     /// Mixed precision: linears whose full name (e.g. model.layers.3.mlp.down_proj) matches REGEX
-    /// get METHOD:BITS[:GROUP] instead (repeatable; the last match wins). E.g. 'down_proj=rtn:8'.
-    #[arg(help_heading = "Mixed precision", long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]")]
+    /// get METHOD:BITS[:GROUP] instead, or METHOD:TYPE with a GGUF block type (repeatable; the
+    /// last match wins). E.g. 'down_proj=rtn:8', 'mlp.down_proj=gptq:q6_k'.
+    #[arg(help_heading = "Mixed precision", long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]|REGEX=METHOD:TYPE")]
     pub overrides: Vec<String>,
+    /// GGUF block type of the linears: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k
+    /// (--format gguf: default q4_k; rows a type cannot take fall back as in llama.cpp). With
+    /// --format lowbit, q8_0 / q5_0 / q4_0 codes are written in lowbit's layout.
+    #[arg(long, value_parser = parse_block_type_arg)]
+    pub gguf_type: Option<crate::gguf::GgmlType>,
+    /// GGUF: type of token_embd (a block type, f32, f16 or bf16; llama-quantize's
+    /// --token-embedding-type). Default: the linears' type; with tied embeddings the output's.
+    #[arg(long, value_parser = parse_tensor_type_arg)]
+    pub token_embedding_type: Option<crate::gguf::GgmlType>,
+    /// GGUF: type of the output tensor (llama-quantize's --output-tensor-type; default q6_k).
+    #[arg(long, value_parser = parse_tensor_type_arg)]
+    pub output_tensor_type: Option<crate::gguf::GgmlType>,
     /// Keep linears whose full name matches REGEX in float (repeatable).
     #[arg(help_heading = "Mixed precision", long, value_name = "REGEX")]
     pub skip: Vec<String>,
@@ -157,6 +170,9 @@ impl QuantSettings {
             propagate_fp: false,
             static_groups: self.static_groups,
             aware_weight: self.aware_weight,
+            gguf_type: self.gguf_type,
+            token_embd_type: self.token_embedding_type,
+            output_type: self.output_tensor_type,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
@@ -176,11 +192,19 @@ impl QuantSettings {
     }
 }
 
+fn parse_block_type_arg(s: &str) -> Result<crate::gguf::GgmlType> {
+    crate::quantize::parse_block_type(s)
+}
+
+fn parse_tensor_type_arg(s: &str) -> Result<crate::gguf::GgmlType> {
+    crate::quantize::parse_tensor_type(s)
+}
+
 #[derive(Args)]
 pub struct QuantizeArgs {
     #[command(flatten)]
     pub q: QuantSettings,
-    /// Output directory (must not exist unless --force).
+    /// Output directory (must not exist unless --force); with --format gguf, the .gguf file.
     #[arg(long)]
     pub out: PathBuf,
     /// Quantization method: rtn (round to nearest), awq, gptq, vptq (vector quantization), statsq,
@@ -304,9 +328,13 @@ impl FloatType {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors), or a llama .gguf file.
     #[arg(long)]
     pub model: PathBuf,
+    /// tokenizer.json to use (default: the model directory's; for a .gguf file, the
+    /// tokenizer.json beside it).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Text file to score (plain UTF-8).
     #[arg(long)]
     pub text: PathBuf,
@@ -418,7 +446,17 @@ pub fn run(cli: Cli) -> Result<()> {
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let model = crate::qmodel::open(&a.model)?;
     model.cfg.check_positions(a.ctx, "--ctx").map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
-    let tok = Tokenizer::from_dir(&a.model)?;
+    let tok = match &a.tokenizer {
+        Some(t) => Tokenizer::from_file(t)?,
+        None if crate::gguf::load::is_gguf(&a.model) => {
+            let t = a.model.with_file_name("tokenizer.json");
+            if !t.exists() {
+                return Err(anyhow!("{}: no tokenizer.json beside the GGUF file; pass --tokenizer", a.model.display()));
+            }
+            Tokenizer::from_file(&t)?
+        }
+        None => Tokenizer::from_dir(&a.model)?,
+    };
     let text = crate::calib::read_text(&a.text)?;
     let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
     let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
@@ -490,7 +528,15 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         } else {
             format!("{} {}-bit g{}", s.method, s.bits, s.group_size)
         };
+        let what = match (o.format, o.gguf_type) {
+            (Format::Gguf, t) => format!("{} {}", s.method, t.unwrap_or(crate::quantize::DEFAULT_GGUF_TYPE).name()),
+            (_, Some(t)) => format!("{} on the {} grid", s.method, t.name()),
+            _ => what,
+        };
         println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
+        for f in &s.fallbacks {
+            println!("fallback         {f}");
+        }
         println!(
             "bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)",
             s.linear_bpw, s.model_bpw

@@ -98,6 +98,12 @@ impl Model {
         Ok(Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() })
     }
 
+    /// A model over an already opened checkpoint (e.g. one held in memory, as the GGUF reader
+    /// builds: [`crate::gguf::load`]).
+    pub fn from_parts(cfg: ModelConfig, ck: Checkpoint) -> Self {
+        Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() }
+    }
+
     pub fn with_packed(mut self, loader: Box<PackedLoader>) -> Self {
         self.packed = Some(loader);
         self

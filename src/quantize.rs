@@ -2,17 +2,23 @@
 //! time, quantize every linear of the layer with the chosen method, pack, and write an HF-style
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
+pub mod gguf;
+
+pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
+
 use crate::arch::Input;
 use crate::checkpoint;
 use crate::escape;
+use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
 use crate::outdir::{OutDir, Source};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
+use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
+use gguf::{gguf_fallback, gguf_fallbacks, quantize_gguf, validate_gguf};
 use safetensors::Dtype;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -87,7 +93,8 @@ impl Method {
         let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
-            Method::Awq => awq,
+            // On GGUF block grids, the block fit after AWQ's scaling is weighted by E[x²].
+            Method::Awq => Needs { mean_sq: o.format == Format::Gguf || o.gguf_type.is_some(), ..awq },
             // AWQ's search in front of the aware quantizer.
             Method::AwqStatsq | Method::AwqShift => Needs { mean_sq: o.aware_weight == AwareWeight::MeanSq, ..awq },
             Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
@@ -129,15 +136,19 @@ pub struct LinearPlan {
     pub method: Method,
     pub bits: u8,
     pub group_size: usize,
+    /// A llama.cpp block type: the codes live on its grid (`bits` / `group_size` unused).
+    pub ty: Option<GgmlType>,
 }
 
-/// `--override 'REGEX=METHOD:BITS[:GROUP]'`: linears whose full name matches get this plan.
+/// `--override 'REGEX=METHOD:BITS[:GROUP]'` or `'REGEX=METHOD:TYPE'` (a GGUF block type, e.g.
+/// `q6_k`): linears whose full name matches get this plan.
 #[derive(Clone, Debug)]
 pub struct Override {
     pub pattern: regex::Regex,
     pub method: Method,
     pub bits: u8,
     pub group_size: Option<usize>,
+    pub ty: Option<GgmlType>,
 }
 
 impl std::str::FromStr for Override {
@@ -151,9 +162,16 @@ impl std::str::FromStr for Override {
             return Err(bad());
         }
         let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
+        if !parts[1].starts_with(|c: char| c.is_ascii_digit()) {
+            let ty = parse_block_type(parts[1]).map_err(|e| anyhow!("--override {s:?}: {e}"))?;
+            if parts.len() > 2 {
+                return Err(bad());
+            }
+            return Ok(Override { pattern, method, bits: 0, group_size: None, ty: Some(ty) });
+        }
         let bits: u8 = parts[1].parse().map_err(|_| bad())?;
         let group_size = parts.get(2).map(|g| g.parse::<usize>()).transpose().map_err(|_| bad())?;
-        Ok(Override { pattern, method, bits, group_size })
+        Ok(Override { pattern, method, bits, group_size, ty: None })
     }
 }
 
@@ -166,6 +184,8 @@ pub enum Format {
     Awq,
     /// GPTQ v1 (2/3/4/8-bit).
     Gptq,
+    /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
+    Gguf,
 }
 
 impl Format {
@@ -175,6 +195,7 @@ impl Format {
             Format::Lowbit => "lowbit",
             Format::Awq => "awq",
             Format::Gptq => "gptq",
+            Format::Gguf => "gguf",
         }
     }
 }
@@ -225,6 +246,11 @@ pub struct Options {
     pub static_groups: bool,
     /// Importance weighting of the -aware methods.
     pub aware_weight: AwareWeight,
+    /// GGUF block type of the linears (`--gguf-type`; `--format gguf` defaults to Q4_K).
+    pub gguf_type: Option<GgmlType>,
+    /// GGUF: type of the token embedding / output tensor (None: llama.cpp's defaults).
+    pub token_embd_type: Option<GgmlType>,
+    pub output_type: Option<GgmlType>,
 }
 
 impl Options {
@@ -233,9 +259,16 @@ impl Options {
         if self.skip.iter().any(|r| r.is_match(prefix)) {
             return None;
         }
-        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size };
+        let base_ty = self.gguf_type.or((self.format == Format::Gguf).then_some(DEFAULT_GGUF_TYPE));
+        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size, ty: base_ty };
         for o in self.overrides.iter().filter(|o| o.pattern.is_match(prefix)) {
-            p = LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size) };
+            p = match o.ty {
+                Some(t) => LinearPlan { method: o.method, ty: Some(t), ..p },
+                None => LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size), ty: base_ty },
+            };
+        }
+        if let Some(t) = p.ty {
+            p.group_size = crate::gguf::blocks::Kind::of(t).map_or(32, |k| k.block);
         }
         Some(p)
     }
@@ -261,12 +294,25 @@ pub struct Summary {
     pub quantized_linears: usize,
     pub peak_rss_bytes: Option<u64>,
     pub dry_run: bool,
+    /// GGUF: tensors stored in another type than asked for (llama.cpp's fallbacks), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 /// Validate options before any work.
 pub fn validate(o: &Options) -> Result<()> {
-    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size })
-        .chain(o.overrides.iter().map(|v| LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size) }));
+    let gguf_plans = o.gguf_type.is_some() || o.format == Format::Gguf || o.overrides.iter().any(|v| v.ty.is_some());
+    if gguf_plans {
+        validate_gguf(o)?;
+    }
+    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size, ty: None }).chain(
+        o.overrides.iter().filter(|v| v.ty.is_none()).map(|v| LinearPlan {
+            method: v.method,
+            bits: v.bits,
+            group_size: v.group_size.unwrap_or(o.group_size),
+            ty: None,
+        }),
+    );
     for p in plans {
         if !(2..=8).contains(&p.bits) {
             bail!("--bits must be between 2 and 8 (got {})", p.bits);
@@ -295,7 +341,7 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
         bail!("{prefix}: zero point does not fit 4 bits");
     }
     let layout = match o.format {
-        Format::Lowbit => crate::pack::Layout::Lowbit,
+        Format::Lowbit | Format::Gguf => crate::pack::Layout::Lowbit,
         Format::Awq => crate::pack::Layout::Awq,
         Format::Gptq => crate::pack::Layout::Gptq,
     };
@@ -319,6 +365,9 @@ type ZeroFreeQuantizer = fn(&[f32], usize, usize, u8, usize, Option<&[f32]>) -> 
 
 fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
+    if let Some(ty) = p.ty {
+        return Box::new(move |row: &mut [f32], _s: &[f32]| qgguf::fake_quant_row(ty, row, None));
+    }
     match p.method {
         Method::AwqStatsq | Method::AwqShift => {
             let quantize: ZeroFreeQuantizer = if p.method.grid() == Grid::HalfInt { statsq::statsq } else { shift::shift };
@@ -378,7 +427,9 @@ fn quantize_layer(
         let fq = row_quantizer(p, o.sym, imp, o.aware_weight);
         let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
         awq::apply_scale(lw, &g, &s);
-        if cfg.clip && p.method == Method::Awq {
+        // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
+        // range search takes its place.
+        if cfg.clip && p.method == Method::Awq && p.ty.is_none() {
             // The group's inputs are now x / s.
             let n = st.sample_rows().min(512);
             let mut x = st.sample[..n * inn].to_vec();
@@ -403,6 +454,12 @@ fn quantize_layer(
             hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
         }
         let h = || &hessians[&l.spec.input];
+        if let Some(ty) = p.ty {
+            out.push(Some(QTensor::Gguf(
+                quantize_gguf(o, ty, p.method, l, stats, &folded, h).with_context(|| format!("{prefix}: {}", ty))?,
+            )));
+            continue;
+        }
         let q = match p.method {
             Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
             Method::Statsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
@@ -436,7 +493,9 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         for spec in c.family.linears() {
             let prefix = format!("model.layers.{i}.{}", spec.name);
             let mut plan = o.plan(&prefix);
-            if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
+            if let Some(p) = plan.filter(|p| p.ty.is_some()) {
+                plan = gguf_fallback(o, p, model.linear_shape(spec).1, &prefix)?;
+            } else if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
                 let (out, inn) = model.linear_shape(spec);
                 let probe = probe_q(p, out, inn, o.sym);
                 if let Err(e) = pack(o, &probe, &prefix) {
@@ -469,9 +528,19 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
     }
     check_finite_tail(&model)?;
+    let gguf_out = o.format == Format::Gguf;
+    if gguf_out {
+        crate::gguf::export::check_exportable(&model.cfg, &model_dir.join("config.json"))?;
+        if !dry_run {
+            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_deref())?;
+        }
+        if o.resume {
+            bail!("--resume is not available with --format gguf (the file is written in one piece at the end)");
+        }
+    }
     // The output is checked against the inputs and locked before any work (--dry-run writes
-    // nothing).
-    let mut od = if dry_run {
+    // nothing; a GGUF file is checked above and written whole at the end).
+    let mut od = if dry_run || gguf_out {
         None
     } else {
         let mut inputs = vec![Source::new(model_dir, "model directory")];
@@ -524,7 +593,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let params: u64 =
         lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
-    let summary = Summary {
+    let mut summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
         format: o.format.name().into(),
@@ -539,16 +608,64 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         quantized_linears: plans.iter().flatten().filter(|p| p.is_some()).count(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
+        fallbacks: gguf_fallbacks(&model, o, &plans),
     };
-    let Some(od) = od else { return Ok(summary) };
+    if dry_run {
+        return Ok(summary);
+    }
     check_finite_output(&tensors)?;
+    if gguf_out {
+        let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
+        let w = crate::gguf::export::write_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type, &o.out)?;
+        summary.bytes = w.bytes;
+        summary.model_bpw = 8.0 * w.bytes as f64 / w.params.max(1) as f64;
+        summary.fallbacks.extend(w.fallbacks);
+        summary.seconds = t0.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let od = od.expect("an output directory unless dry-run or gguf");
     write_output(model_dir, &model, o, od.tmp(), &tensors, &meta, &plans)?;
     od.commit()?;
     Ok(summary)
 }
 
+/// A GGUF output is one file: it must not be, or lie inside, an input, and an existing file is
+/// replaced (with --force) only when it is a GGUF file that lowbit wrote (its `general.name`
+/// ends in " (lowbit)"); anything else is refused with what was found.
+fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path>) -> Result<()> {
+    let shown = escape::path(out);
+    if out.is_dir() {
+        bail!("{shown}: is a directory; --format gguf writes one file");
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let canon_parent = std::fs::canonicalize(parent).ok();
+    let canon_out = canon_parent.as_ref().and_then(|p| out.file_name().map(|n| p.join(n)));
+    for (input, what) in [(Some(model_dir), "the model directory"), (calib, "the calibration text")] {
+        let (Some(i), Some(co)) = (input.and_then(|i| std::fs::canonicalize(i).ok()), &canon_out) else { continue };
+        if co == &i || co.starts_with(&i) {
+            bail!("--out {shown} is, or is inside, {what} {}; write the output somewhere else", escape::path(input.unwrap()));
+        }
+    }
+    if std::fs::symlink_metadata(out).is_ok() {
+        if !force {
+            bail!("{shown}: exists (--force replaces it only if lowbit wrote it)");
+        }
+        let ours = crate::gguf::Gguf::open(out)
+            .ok()
+            .and_then(|g| g.get_str("general.name").ok().flatten().map(|n| n.ends_with(" (lowbit)")))
+            .unwrap_or(false);
+        if !ours {
+            bail!("{shown}: exists and is not a GGUF file lowbit wrote; refusing to replace it, even with --force");
+        }
+    }
+    Ok(())
+}
+
 fn is_packed_part(name: &str) -> bool {
-    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s))
+    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) || name.contains(".ggml_")
 }
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
@@ -618,7 +735,16 @@ pub(crate) fn layer_out(
     let c = &model.cfg;
     let fd = o.float_dtype;
     let qs: Vec<Option<QTensor>> = if dry_run {
-        lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
+        lw.linears
+            .iter()
+            .zip(plan)
+            .map(|(l, p)| {
+                p.map(|p| match p.ty {
+                    Some(t) => QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None)),
+                    None => QTensor::Group(probe_q(p, l.out, l.inn, o.sym)),
+                })
+            })
+            .collect()
     } else {
         quantize_layer(o, model, lw, plan, stats)?
     };
@@ -635,6 +761,21 @@ pub(crate) fn layer_out(
                     r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
                 }
                 r.tensors.extend(packed.to_tensors(&prefix));
+            }
+            (Some(QTensor::Gguf(b)), Some(pl)) => {
+                r.bits += b.storage_bits();
+                r.weights += (b.rows * b.cols) as u64;
+                if o.format == Format::Gguf {
+                    r.tensors.push(crate::pack::gguf::to_tensor(b, &prefix));
+                } else {
+                    let g =
+                        crate::pack::gguf::to_groupq(b).ok_or_else(|| anyhow!("{prefix}: {} codes do not fit lowbit's layout", b.ty))?;
+                    let packed = pack(o, &g, &prefix)?;
+                    if let Packed::Lowbit(lp) = &packed {
+                        r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
+                    }
+                    r.tensors.extend(packed.to_tensors(&prefix));
+                }
             }
             (Some(QTensor::Vq(v)), Some(pl)) => {
                 let packed = crate::pack::vq::VqPacked::pack(v).with_context(|| format!("{prefix}: cannot pack"))?;
@@ -790,6 +931,7 @@ pub(crate) fn write_output(
         Format::Lowbit => serde_json::to_value(meta)?,
         Format::Awq => AwqPacked::quantization_config(o.group_size),
         Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
+        Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
     };
     let float: Vec<String> = (0..c.num_layers)
         .flat_map(|i| {
@@ -913,6 +1055,11 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         o.aware_weight
     );
     put("options", opts.as_bytes());
+    put(
+        "gguf options",
+        format!("{:?}|{:?}|{:?}|{:?}", o.gguf_type, o.token_embd_type, o.output_type, o.overrides.iter().map(|v| v.ty).collect::<Vec<_>>())
+            .as_bytes(),
+    );
     Ok(format!("{:032x}", h.digest128()))
 }
 

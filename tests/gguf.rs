@@ -321,12 +321,12 @@ fn quantized_tensors_in_a_file() {
 fn unsupported_type_names_tensor_and_type() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Builder::new();
-    b.tensor("blk.0.ffn_up.weight", &[256, 1], 12, &[0u8; 144]); // one Q4_K block
+    b.tensor("blk.0.ffn_up.weight", &[256, 1], 23, &[0u8; 136]); // one IQ4_XS block
     let p = write(dir.path(), "k.gguf", &b.build());
     let g = Gguf::open(&p).unwrap();
-    assert_eq!(g.tensors()[0].ty.name(), "Q4_K");
+    assert_eq!(g.tensors()[0].ty.name(), "IQ4_XS");
     let e = g.tensor_f32("blk.0.ffn_up.weight").unwrap_err().to_string();
-    assert!(e.contains("k.gguf") && e.contains("blk.0.ffn_up.weight") && e.contains("Q4_K"), "{e}");
+    assert!(e.contains("k.gguf") && e.contains("blk.0.ffn_up.weight") && e.contains("IQ4_XS"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
