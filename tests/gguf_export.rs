@@ -949,3 +949,39 @@ fn llama_variants_write_their_rope_and_head_metadata_or_are_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("attention_bias"), "{err}");
 }
+
+/// A GGUF output is one file: an existing one is replaced only with --force and only when lowbit
+/// wrote it; a foreign file is left untouched even with --force, and the model directory is no
+/// place for the output.
+#[test]
+fn gguf_output_replaces_only_what_lowbit_wrote() {
+    let d = tmp();
+    let s = stories();
+    let out = d.path().join("m.gguf");
+    let args = |o: &Path, force: bool| {
+        let mut a: Vec<String> =
+            ["quantize", "--model", s.to_str().unwrap(), "--out", o.to_str().unwrap(), "--method", "rtn", "--format", "gguf"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        if force {
+            a.push("--force".into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| lowbit(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(args(&out, false)).0, 0);
+    let (code, _, err) = run(args(&out, false));
+    assert!(code == 2 && err.contains("exists"), "{err}");
+    let (code, _, err) = run(args(&out, true));
+    assert_eq!(code, 0, "{err}");
+    let foreign = d.path().join("notes.gguf");
+    std::fs::write(&foreign, b"my own notes").unwrap();
+    let (code, _, err) = run(args(&foreign, true));
+    assert!(code == 2 && err.contains("not a GGUF file lowbit wrote"), "{err}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"my own notes");
+    let inside = s.join("out.gguf");
+    let (code, _, err) = run(args(&inside, false));
+    assert!(code == 2 && err.contains("model directory"), "{err}");
+    assert!(!inside.exists());
+}
