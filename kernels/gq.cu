@@ -12,8 +12,11 @@
 //                                 k-block t (0..7) of the chunk occupies stream bits
 //                                 [16*B*t, 16*B*(t+1)): first the window of row o0+g, then the
 //                                 window of row o0+g+8. A window holds the codes of the lane's 8
-//                                 columns c = ch*256 + 32t + 8tq + j, code j at window bits
-//                                 [j*B, j*B+B). Rows >= out and columns >= in hold code 0.
+//                                 columns c = ch*256 + 32t + 8tq + j in slot s(j) = j/2 + 4*(j%2)
+//                                 (AutoAWQ's order), at window bits [s*B, s*B+B): slots j and j+4
+//                                 are columns 2j and 2j+1, so the magic-number pair j is an A
+//                                 register and x[c..c+8) loaded as 4 words are the B registers
+//                                 as they are. Rows >= out and columns >= in hold code 0.
 //   meta u32  [mt][n_groups][8][MW]   for lane-row g of m-tile m and group grp: word 0 = f16 scale
 //                                 of row o0+g (low half) and of row o0+g+8 (high half); affine
 //                                 only (MW = 2): word 1 = f16 (1024 + z) of the same two rows, z the
@@ -95,6 +98,129 @@ LB_DEV void gq_meta(const u32* __restrict__ meta, int mtile, int n_groups, int g
     }
 }
 
+LB_DEV u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// The four A pairs of a window (pair j = window slots j and j+4 = columns 2j and 2j+1): the
+// exact grid values. For
+// 4-bit affine codes the nibble pairs are masked in place (Marlin's trick): pairs 0 and 2 give
+// 1024 + q and one sub with zz = half2(1024 + z); pairs 1 and 3 give 1024 + 16q and one fma with
+// (1/16, zm = -(64 + z)); one shift per window instead of three. All results are exact.
+// (a & MASK) | c in one LOP3 with the mask as the immediate (c, the 0x64006400 bias, stays in a
+// register instead of the compiler re-materialising the masks).
+template <u32 MASK>
+LB_DEV u32 and_or(u32 a, u32 c) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "r"(c));
+    return d;
+}
+
+template <int B, int GRID>
+LB_DEV void gq_pairs(u64 win, u32 zz, u32 zm, u32 (&a)[4], u32 bias) {
+    if (B == 4 && GRID == GRID_AFFINE) {
+        const u32 w = (u32)win;
+        const u32 w8 = w >> 8;
+        a[0] = hsub2(and_or<0x000F000Fu>(w, bias), zz);
+        a[1] = hfma2(and_or<0x00F000F0u>(w, bias), 0x2C002C00u, zm);
+        a[2] = hsub2(and_or<0x000F000Fu>(w8, bias), zz);
+        a[3] = hfma2(and_or<0x00F000F0u>(w8, bias), 0x2C002C00u, zm);
+    } else {
+        (void)bias;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a[j] = grid_pair<B, GRID>(win, j, zz);
+    }
+}
+
+// Group state of the factored path, per lane.
+struct GqGroup {
+    int grp, left;
+    float m0, m1;          // multipliers of rows g and g+8
+    u32 zz0, zz1, zm0, zm1;  // half2(1024 + z), half2(-(64 + z)) of rows g and g+8
+    u32 nxt[2];            // meta words of group grp + 1
+    u32 bias;              // 0x64006400 (half2(1024, 1024)), kept in a register
+};
+
+template <int B, int GRID>
+LB_DEV void gq_set_group(GqGroup& st, const u32 (&m)[2]) {
+    st.m0 = grid_mult<B, GRID>(h2f((u16)(m[0] & 0xFFFFu)));
+    st.m1 = grid_mult<B, GRID>(h2f((u16)(m[0] >> 16)));
+    st.zz0 = prmt(m[1], m[1], 0x1010);
+    st.zz1 = prmt(m[1], m[1], 0x3232);
+    st.zm0 = hsub2(0x63806380u, st.zz0);  // 960 - (1024 + z)
+    st.zm1 = hsub2(0x63806380u, st.zz1);
+}
+
+// One k-block (32 columns) of a lane: windows win0 (row g) and win1 (row g+8), activations xv.
+template <int B, int GRID, int NT, bool PERCOL>
+LB_DEV void gq_kblock(u64 win0, u64 win1, const uint4 (&xv)[NT], int col, float (&acc)[1][NT][4],
+                      float (&tmp)[NT][4], GqGroup& st, const u32* __restrict__ meta,
+                      const int* __restrict__ g_idx, int mtile, int n_groups, int g, int in,
+                      int kbpg, u32 gdiv_mul, u32 gdiv_shr) {
+    constexpr int MW = GRID == GRID_AFFINE ? 2 : 1;
+    if (!PERCOL) {
+        if (st.left == 0) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                acc[0][nt][0] += st.m0 * tmp[nt][0];
+                acc[0][nt][1] += st.m0 * tmp[nt][1];
+                acc[0][nt][2] += st.m1 * tmp[nt][2];
+                acc[0][nt][3] += st.m1 * tmp[nt][3];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) tmp[nt][i] = 0.f;
+            }
+            ++st.grp;
+            st.left = kbpg;
+            gq_set_group<B, GRID>(st, st.nxt);
+            if (st.grp + 1 < n_groups) gq_meta<MW>(meta, mtile, n_groups, st.grp + 1, g, st.nxt);
+        }
+        --st.left;
+        u32 p0[4], p1[4];
+        gq_pairs<B, GRID>(win0, st.zz0, st.zm0, p0, st.bias);
+        gq_pairs<B, GRID>(win1, st.zz1, st.zm1, p1, st.bias);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                mma16816(tmp[nt], p0[2 * h], p1[2 * h], p0[2 * h + 1], p1[2 * h + 1], h ? xv[nt].z : xv[nt].x,
+                         h ? xv[nt].w : xv[nt].y);
+        }
+    } else {
+        // Per-column groups: pair p = columns (col+2p, col+2p+1); one meta load serves both
+        // rows of the lane (their scales share a word).
+        u32 sw[8], zw[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int cc = col + j;
+            int gi = 0;
+            if (cc < in) gi = g_idx != nullptr ? __ldg(g_idx + cc) : fastdiv(cc, gdiv_mul, gdiv_shr);
+            u32 m[2];
+            gq_meta<MW>(meta, mtile, n_groups, gi, g, m);
+            sw[j] = m[0];
+            zw[j] = m[1];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            u32 a[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                // r: 0 = (row g, pair 2h), 1 = (row g+8, pair 2h), 2 = (row g, pair 2h+1), 3 = (row g+8, 2h+1)
+                const int p = 2 * h + (r >> 1);
+                const u32 sel = (r & 1) ? 0x7632 : 0x5410;
+                u32 sc = prmt(sw[2 * p], sw[2 * p + 1], sel);
+                const u32 zc = prmt(zw[2 * p], zw[2 * p + 1], sel);
+                if (GRID == GRID_HALFINT) sc = hmul2(sc, (u32)(0x3C00u - ((B - 1) << 10)) * 0x10001u);  // s / n, exact
+                a[r] = hmul2(grid_pair<B, GRID>((r & 1) ? win1 : win0, p, zc), sc);
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                mma16816(acc[0][nt], a[0], a[1], a[2], a[3], h ? xv[nt].z : xv[nt].x, h ? xv[nt].w : xv[nt].y);
+        }
+    }
+}
+
 template <int B, int GRID, int NT, bool PERCOL>
 LB_DEV void gq_body(const uint4* __restrict__ qa, const u32* __restrict__ meta, const int* __restrict__ g_idx,
                     const u16* __restrict__ x, void* __restrict__ y, float* __restrict__ ws,
@@ -121,6 +247,15 @@ LB_DEV void gq_body(const uint4* __restrict__ qa, const u32* __restrict__ meta, 
 
     uint4* ring = reinterpret_cast<uint4*>(smem) + warp * (S * B * 32) + lane;
     const uint4* src = qa + (size_t)mtile * nch * (B * 32) + lane;
+    // Activation rows of this lane (B fragments: batch column g of each n8 tile); null when past
+    // the batch. Whole chunks with in % 8 == 0 take 16-byte loads without bounds checks.
+    const u16* xrow[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int n = n0 + nt * 8 + g;
+        xrow[nt] = n < batch ? x + (size_t)n * in + 8 * tq : nullptr;
+    }
+    const bool xvec = (in & 7) == 0;
 
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
@@ -140,24 +275,27 @@ LB_DEV void gq_body(const uint4* __restrict__ qa, const u32* __restrict__ meta, 
 #pragma unroll
         for (int i = 0; i < 4; ++i) tmp[nt][i] = 0.f;
 
-    // Factored path: group state. `left` counts the k-blocks remaining in group `grp`; the next
-    // group's meta words are loaded one group ahead.
+    // Factored path: `left` counts the k-blocks remaining in group `grp`; the next group's meta
+    // words are loaded one group ahead.
     const int kbpg = group_size >> 5;
-    int grp = 0, left = 0;
-    float m0 = 0.f, m1 = 0.f;
-    u32 zz0 = H2_1024, zz1 = H2_1024;
-    u32 nxt[2] = {0u, H2_1024};
+    GqGroup st;
+    asm("mov.b32 %0, 0x64006400;" : "=r"(st.bias));
+    st.grp = 0;
+    st.left = 0;
+    st.nxt[0] = 0u;
+    st.nxt[1] = H2_1024;
+    {
+        const u32 none[2] = {0u, H2_1024};
+        gq_set_group<B, GRID>(st, none);
+    }
     if (!PERCOL && c0 < c1) {
         const int kb0 = c0 * 8;
-        grp = fastdiv(kb0 * 32, gdiv_mul, gdiv_shr);
-        left = kbpg - (kb0 - grp * kbpg);
+        st.grp = fastdiv(kb0 * 32, gdiv_mul, gdiv_shr);
+        st.left = kbpg - (kb0 - st.grp * kbpg);
         u32 cur[2];
-        gq_meta<MW>(meta, mtile, n_groups, grp, g, cur);
-        m0 = grid_mult<B, GRID>(h2f((u16)(cur[0] & 0xFFFFu)));
-        m1 = grid_mult<B, GRID>(h2f((u16)(cur[0] >> 16)));
-        zz0 = prmt(cur[1], cur[1], 0x1010);
-        zz1 = prmt(cur[1], cur[1], 0x3232);
-        if (grp + 1 < n_groups) gq_meta<MW>(meta, mtile, n_groups, grp + 1, g, nxt);
+        gq_meta<MW>(meta, mtile, n_groups, st.grp, g, cur);
+        gq_set_group<B, GRID>(st, cur);
+        if (st.grp + 1 < n_groups) gq_meta<MW>(meta, mtile, n_groups, st.grp + 1, g, st.nxt);
     }
 
     int stage = 0;
@@ -185,100 +323,41 @@ LB_DEV void gq_body(const uint4* __restrict__ qa, const u32* __restrict__ meta, 
         }
         stage = stage + 1 == S ? 0 : stage + 1;
 
+        if (xvec && (c + 1) * 256 <= in) {
+            // Whole chunk inside the matrix: 16-byte activation loads without bounds checks.
 #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const int kb = c * 8 + t;
-            if (kb >= n_kb) break;
-            const int col = kb * 32 + 8 * tq;
-            uint4 xv[NT];
+            for (int t = 0; t < 8; ++t) {
+                uint4 xv[NT];
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) xv[nt] = load_x8(x, n0 + nt * 8 + g, batch, in, col);
-            const u64 win0 = gq_window<B>(w, t, 0), win1 = gq_window<B>(w, t, 1);
-            if (!PERCOL) {
-                if (left == 0) {
+                for (int nt = 0; nt < NT; ++nt)
+                    xv[nt] = xrow[nt] != nullptr ? __ldg(reinterpret_cast<const uint4*>(xrow[nt] + c * 256 + t * 32))
+                                                 : make_uint4(0u, 0u, 0u, 0u);
+                gq_kblock<B, GRID, NT, PERCOL>(gq_window<B>(w, t, 0), gq_window<B>(w, t, 1), xv,
+                                               c * 256 + t * 32 + 8 * tq, acc, tmp, st, meta, g_idx, mtile,
+                                               n_groups, g, in, kbpg, gdiv_mul, gdiv_shr);
+            }
+        } else {
 #pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-                        acc[0][nt][0] += m0 * tmp[nt][0];
-                        acc[0][nt][1] += m0 * tmp[nt][1];
-                        acc[0][nt][2] += m1 * tmp[nt][2];
-                        acc[0][nt][3] += m1 * tmp[nt][3];
+            for (int t = 0; t < 8; ++t) {
+                const int kb = c * 8 + t;
+                if (kb >= n_kb) break;
+                const int col = kb * 32 + 8 * tq;
+                uint4 xv[NT];
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) tmp[nt][i] = 0.f;
-                    }
-                    ++grp;
-                    left = kbpg;
-                    m0 = grid_mult<B, GRID>(h2f((u16)(nxt[0] & 0xFFFFu)));
-                    m1 = grid_mult<B, GRID>(h2f((u16)(nxt[0] >> 16)));
-                    zz0 = prmt(nxt[1], nxt[1], 0x1010);
-                    zz1 = prmt(nxt[1], nxt[1], 0x3232);
-                    if (grp + 1 < n_groups) gq_meta<MW>(meta, mtile, n_groups, grp + 1, g, nxt);
-                }
-                --left;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const u32 a0 = grid_pair<B, GRID>(win0, 2 * h, zz0);
-                    const u32 a1 = grid_pair<B, GRID>(win1, 2 * h, zz1);
-                    const u32 a2 = grid_pair<B, GRID>(win0, 2 * h + 1, zz0);
-                    const u32 a3 = grid_pair<B, GRID>(win1, 2 * h + 1, zz1);
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-                        u32 b0, b1;
-                        x_frag(xv[nt], h, b0, b1);
-                        mma16816(tmp[nt], a0, a1, a2, a3, b0, b1);
-                    }
-                }
-            } else {
-                // Per-column groups: pair p = columns (col+p, col+p+4); one meta load serves both
-                // rows of the lane (their scales share a word).
-                u32 sw[8], zw[8];
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const int cc = col + j;
-                    int gi = 0;
-                    if (cc < in) gi = g_idx != nullptr ? __ldg(g_idx + cc) : fastdiv(cc, gdiv_mul, gdiv_shr);
-                    u32 m[2];
-                    gq_meta<MW>(meta, mtile, n_groups, gi, g, m);
-                    sw[j] = m[0];
-                    zw[j] = m[1];
-                }
-                u32 sc0[4], sc1[4], zc0[4], zc1[4];
-#pragma unroll
-                for (int p = 0; p < 4; ++p) {
-                    sc0[p] = prmt(sw[p], sw[p + 4], 0x5410);
-                    sc1[p] = prmt(sw[p], sw[p + 4], 0x7632);
-                    zc0[p] = prmt(zw[p], zw[p + 4], 0x5410);
-                    zc1[p] = prmt(zw[p], zw[p + 4], 0x7632);
-                    if (GRID == GRID_HALFINT) {
-                        // s / n: exact in fp16 (a power-of-two factor).
-                        const u32 inv = (u32)(0x3C00u - ((B - 1) << 10)) * 0x10001u;
-                        sc0[p] = hmul2(sc0[p], inv);
-                        sc1[p] = hmul2(sc1[p], inv);
-                    }
-                }
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int pl = 2 * h, ph = 2 * h + 1;
-                    const u32 a0 = hmul2(grid_pair<B, GRID>(win0, pl, zc0[pl]), sc0[pl]);
-                    const u32 a1 = hmul2(grid_pair<B, GRID>(win1, pl, zc1[pl]), sc1[pl]);
-                    const u32 a2 = hmul2(grid_pair<B, GRID>(win0, ph, zc0[ph]), sc0[ph]);
-                    const u32 a3 = hmul2(grid_pair<B, GRID>(win1, ph, zc1[ph]), sc1[ph]);
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-                        u32 b0, b1;
-                        x_frag(xv[nt], h, b0, b1);
-                        mma16816(acc[0][nt], a0, a1, a2, a3, b0, b1);
-                    }
-                }
+                for (int nt = 0; nt < NT; ++nt) xv[nt] = load_x8(x, n0 + nt * 8 + g, batch, in, col);
+                gq_kblock<B, GRID, NT, PERCOL>(gq_window<B>(w, t, 0), gq_window<B>(w, t, 1), xv, col, acc, tmp,
+                                               st, meta, g_idx, mtile, n_groups, g, in, kbpg, gdiv_mul,
+                                               gdiv_shr);
             }
         }
     }
     if (!PERCOL) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            acc[0][nt][0] += m0 * tmp[nt][0];
-            acc[0][nt][1] += m0 * tmp[nt][1];
-            acc[0][nt][2] += m1 * tmp[nt][2];
-            acc[0][nt][3] += m1 * tmp[nt][3];
+            acc[0][nt][0] += st.m0 * tmp[nt][0];
+            acc[0][nt][1] += st.m0 * tmp[nt][1];
+            acc[0][nt][2] += st.m1 * tmp[nt][2];
+            acc[0][nt][3] += st.m1 * tmp[nt][3];
         }
     }
     // The reduction buffer aliases the rings: every warp must be done with them.
@@ -297,8 +376,9 @@ LB_DEV void gq_body(const uint4* __restrict__ qa, const u32* __restrict__ meta, 
 #define GQ_PASS                                                                                    \
     qa, meta, g_idx, x, y, ws, counters, out, in, batch, n_groups, group_size, gdiv_mul, gdiv_shr, \
         out_f16
+// Register caps: at most 128 per thread for the GEMV (4 blocks per SM), 255 for the GEMM.
 #define GQ_ENTRY(GNAME, GRID, B, PATH, NT, PC, SUF)                                                \
-    extern "C" __global__ void __launch_bounds__(LB_THREADS)                                       \
+    extern "C" __global__ void __launch_bounds__(LB_THREADS, NT == 1 ? 4 : 2)                      \
         gq_##GNAME##_b##B##_##PATH##SUF(GQ_ARGS) {                                                 \
         gq_body<B, GRID, NT, PC>(GQ_PASS);                                                         \
     }

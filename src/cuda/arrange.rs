@@ -172,10 +172,17 @@ impl GqLayout {
     }
 }
 
-/// Stream bit of code `j` of the window (k-block `t`, row half `hf`) in a lane's chunk stream.
+/// Window slot of the lane's column `j` (0..8): AutoAWQ's interleave, so that slots `p` and
+/// `p + 4` (one magic-number pair, one A register) hold columns `2p` and `2p + 1`.
+pub fn gq_slot(j: usize) -> usize {
+    j / 2 + 4 * (j % 2)
+}
+
+/// Stream bit of the code of column `j` (0..8) of the window (k-block `t`, row half `hf`) in a
+/// lane's chunk stream.
 pub fn gq_stream_bit(bits: u32, t: usize, hf: usize, j: usize) -> usize {
     let b = bits as usize;
-    16 * b * t + 8 * b * hf + j * b
+    16 * b * t + 8 * b * hf + gq_slot(j) * b
 }
 
 /// Arranges group rows for kernels/gq.cu.
