@@ -44,10 +44,11 @@ pub enum Cmd {
     /// every combination. Example: lowbit sweep --model smollm2 --methods rtn,awq,gptq --bits 3,4
     /// --calib ptb.valid.txt --eval-text wikitext2-test.txt --max-windows 16 --out sweep
     Sweep(SweepArgs),
-    /// Check every packed layer's CUDA kernel against the CPU reference and time it vs cuBLAS.
+    /// Check every packed layer's CUDA kernel (VQ included) against the CPU reference and time it.
     ///
     /// Needs an NVIDIA GPU (libcuda loaded at run time); without one it says so and exits with
-    /// code 3. Example: lowbit verify --model smollm2-awq-w4 --layers 'layers\.0\.' --batch 1,8,64
+    /// code 3. Exits 1 when a result differs from the reference or is not finite, 2 on bad input
+    /// (no layer selected, bad batch size), checked before the GPU. Example: lowbit verify --model smollm2-awq-w4 --layers 'layers\.0\.' --batch 1,8,64
     Verify(VerifyArgs),
     /// Convert a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors) to an HF checkpoint.
     ///
@@ -556,38 +557,10 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
 
 fn cmd_verify(a: VerifyArgs) -> Result<()> {
     let re = a.layers.as_deref().map(regex::Regex::new).transpose().map_err(|e| anyhow!("--layers: invalid regex: {e}"))?;
-    // Check the inputs first, then the GPU, so a bad directory is reported as such.
-    let rep = crate::qmodel::inspect(&a.model)?;
-    if rep.quantization.is_none() {
-        return Err(anyhow!("{}: not a quantized checkpoint (no quantization_config)", a.model.display()));
+    match crate::verify::command(&a.model, re.as_ref(), &a.batch, a.json)? {
+        0 => Ok(()),
+        code => std::process::exit(code),
     }
-    if !crate::cuda::gpu_available() {
-        eprintln!("error: no CUDA GPU available (libcuda not found or no device); lowbit verify needs an NVIDIA GPU");
-        std::process::exit(crate::verify::EXIT_NO_GPU);
-    }
-    if !a.json {
-        println!(
-            "{:<44} {:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>8} {:>6}",
-            "layer", "kernel", "batch", "max rel err", "us", "cuBLAS us", "speedup", "GB/s", "% peak"
-        );
-    }
-    let json = a.json;
-    let rows = crate::verify::verify(&a.model, re.as_ref(), &a.batch, &mut |r| {
-        if !json {
-            println!(
-                "{:<44} {:<22} {:>5} {:>10.2e} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>6.1}",
-                r.layer, r.kind, r.batch, r.max_rel_err, r.kernel_us, r.cublas_us, r.speedup, r.gbps, r.pct_of_peak
-            );
-        }
-    })?;
-    if json {
-        println!("{}", serde_json::to_string(&rows)?);
-    }
-    let worst = rows.iter().map(|r| r.max_rel_err).fold(0f64, f64::max);
-    if worst > 1e-2 {
-        return Err(anyhow!("{}: a kernel differs from the CPU reference by {worst:.3e} (> 1e-2)", a.model.display()));
-    }
-    Ok(())
 }
 
 fn cmd_sweep(a: SweepArgs) -> Result<()> {

@@ -323,6 +323,18 @@ pub fn validate(o: &Options) -> Result<()> {
         if o.format == Format::Awq && p.bits != 4 {
             bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", p.bits);
         }
+        if o.format == Format::Awq && p.group_size % 32 != 0 {
+            let at = o
+                .overrides
+                .iter()
+                .find(|v| v.group_size == Some(p.group_size))
+                .map(|v| format!(" (--override for modules matching '{}')", v.pattern));
+            bail!(
+                "--format awq needs a group size that is a multiple of 32 (AWQ GEMM kernels work in k-blocks of 32); got {}{}",
+                p.group_size,
+                at.unwrap_or_default()
+            );
+        }
         if o.format == Format::Gptq && ![2, 3, 4, 8].contains(&p.bits) {
             bail!("--format gptq supports 2, 3, 4 or 8 bits (got --bits {})", p.bits);
         }
