@@ -139,7 +139,11 @@ impl OutDir {
             return Ok(None);
         }
         if !self.force {
-            bail!("{}: output directory exists (use --force to replace it)", escape::path(&self.out));
+            // Point at --force only when it would work: the directory is one lowbit wrote.
+            return match owned_manifest(&self.out) {
+                Ok(_) => bail!("{}: output directory exists (use --force to replace it)", escape::path(&self.out)),
+                Err(e) => Err(e.context(format!("{}: exists", escape::path(&self.out)))),
+            };
         }
         owned_manifest(&self.out).map(Some)
     }
