@@ -118,8 +118,11 @@ fn bad_quantize_input() {
         &["quantize", "--model", m, "--out", o, "--calib", short.to_str().unwrap(), "--calib-seqlen", "64"],
         "short.txt: calibration text has",
     );
+    // A directory lowbit did not write: refused, and the hint does not point at --force.
     std::fs::create_dir_all(&out).unwrap();
-    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "exists (use --force");
+    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "not written by lowbit");
+    let (_, _, err) = lowbit(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"]);
+    assert!(!err.contains("use --force"), "{err}");
 }
 
 /// Calibration text shorter than --calib-samples × --calib-seqlen is the documented downgrade:
