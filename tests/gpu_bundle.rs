@@ -147,7 +147,17 @@ exit 0
     };
     let (code, text) = go("0");
     assert_eq!(code, 0, "{text}");
-    for want in ["== driver and libraries", "bundle ok", "tiny-a", "ok (2 results)", "kernels --check", "== kernels (benchmark)", "== summary", "NOT MET: lowbit-affine-b4 50.0%", "status 0"] {
+    for want in [
+        "== driver and libraries",
+        "bundle ok",
+        "tiny-a",
+        "ok (2 results)",
+        "kernels --check",
+        "== kernels (benchmark)",
+        "== summary",
+        "NOT MET: lowbit-affine-b4 50.0%",
+        "status 0",
+    ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(!text.contains("SKIP"), "{text}");
