@@ -15,7 +15,8 @@
 #   3. `lowbit verify` on every carried stories260K checkpoint (every packed layer of every layout,
 #      batch 1, 8 and 40) with the prebuilt kernel images (no NVRTC);
 #   4. `kernels --check`: the synthetic correctness suite (ragged shapes, act-order, short groups,
-#      VQ residual/outliers; batch 1, 3, 8, 13, 40);
+#      VQ residual/outliers; batch 1, 3, 8, 13, 40), with the tiled kernels and again with the
+#      direct ones (LOWBIT_KERNELS=direct);
 #   5. `kernels`: the benchmark (rotating set >= 4x L2, back-to-back launches, copy ceiling, cuBLAS
 #      fp16 baseline, results re-checked after timing, one verdict per goal);
 #   6. a summary table.
@@ -152,18 +153,21 @@ for ck in "$BUNDLE"/checkpoints/*/; do
 done
 echo "   took $((SECONDS - T0)) s so far"
 
-# ---- 4. correctness suite
-echo "== kernels --check (synthetic coverage layers)"
-timeout 240 "$KERNELS" --check >"$OUT/check.log" 2>&1
-rc=$?
-grep -E '^FAIL' "$OUT/check.log" | head -n 20 | sed 's/^/   /'
-CHECK=$(grep -E '^correctness:' "$OUT/check.log" | tail -n 1)
-case $rc in
-    0) ;;
-    1) status=1 ;;
-    *) tail -n 5 "$OUT/check.log" | sed 's/^/   /'; fail "kernels --check could not run (exit $rc)" ;;
-esac
-echo "   ${CHECK:-no result line}; took $((SECONDS - T0)) s so far"
+# ---- 4. correctness suite, tiled kernels then the direct ones
+declare -A CHECK
+for path in tiled direct; do
+    echo "== kernels --check (synthetic coverage layers, $path kernels)"
+    LOWBIT_KERNELS=$path timeout 240 "$KERNELS" --check >"$OUT/check-$path.log" 2>&1
+    rc=$?
+    grep -E '^FAIL' "$OUT/check-$path.log" | head -n 20 | sed 's/^/   /'
+    CHECK[$path]=$(grep -E '^correctness:' "$OUT/check-$path.log" | tail -n 1)
+    case $rc in
+        0) ;;
+        1) status=1 ;;
+        *) tail -n 5 "$OUT/check-$path.log" | sed 's/^/   /'; fail "kernels --check ($path) could not run (exit $rc)" ;;
+    esac
+    echo "   ${CHECK[$path]:-no result line}; took $((SECONDS - T0)) s so far"
+done
 
 # ---- 5. benchmark
 echo "== kernels (benchmark)"
@@ -180,7 +184,8 @@ esac
 echo "== summary ($((SECONDS - T0)) s)"
 grep -E '^(device|device-to-device)' "$OUT/bench.log" | sed 's/^/   /'
 for name in "${!VERIFY[@]}"; do printf '   verify %-22s %s\n' "$name" "${VERIFY[$name]}"; done | sort
-echo "   check  ${CHECK:-?}"
+echo "   check  tiled:  ${CHECK[tiled]:-?}"
+echo "   check  direct: ${CHECK[direct]:-?}"
 grep -E 'results outside' "$OUT/bench.log" | sed 's/^/   bench  /'
 sed -n '/^== goals/,$p' "$OUT/bench.log" | grep -vE '^(kernel image|wrote)' | sed 's/^/   /'
 echo "== gpu-check done: status $status (logs in $OUT)"
