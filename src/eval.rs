@@ -94,10 +94,10 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 
-/// `ln Σ e^x` of a logits row, in f64, shifted by the max for stability.
+/// `ln Σ e^x` of a logits row, shifted by the max for stability (vectorised f32 exponentials
+/// summed in f64: [`crate::linalg::log_sum_exp`]).
 fn log_sum_exp(row: &[f32]) -> f64 {
-    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx
+    crate::linalg::log_sum_exp(row)
 }
 
 fn argmax(row: &[f32]) -> usize {
