@@ -39,10 +39,11 @@
 // applied per element in fp16 ("per-column" path, template flag PERCOL).
 //
 // Work split: a block has WARPS warps working on the same output tile (MT m16 tiles x NT n8 tiles);
-// the K range is split between the warps and between gridDim.z blocks. Warps are reduced through
-// shared memory; blocks (gridDim.z > 1) through an fp32 workspace with atomics and a per-tile arrival
-// counter: the last block to arrive reads the sums back with atomicExch(ws, 0) (which also resets the
-// workspace), writes y and resets its counter, so no memset is needed between calls.
+// the K range is split between the warps and between gridDim.z blocks (or, for the persistent VQ
+// kernel, between work items). Warps are reduced through shared memory; splits (nsplit > 1) through
+// an fp32 workspace with atomics and a per-tile arrival counter: the last split to arrive reads the
+// sums back with atomicExch(ws, 0) (which also resets the workspace), writes y and resets its
+// counter, so no memset is needed between calls.
 // ----------------------------------------------------------------------------------------------
 #pragma once
 
@@ -234,9 +235,9 @@ LB_DEV float grid_mult(float s) {
 // red: shared buffer of LB_WARPS * MT * NT * 4 * 32 floats.
 // nsum: optional per-batch-column addend for this block (nullptr or shared array of NT*8 floats).
 template <int MT, int NT, class RowMap>
-LB_DEV void lb_epilogue(float (&acc)[MT][NT][4], float* red, const float* nsum, RowMap rm, int n0,
-                        void* __restrict__ y, float* __restrict__ ws, int* __restrict__ counters,
-                        int out, int batch, int out_f16) {
+LB_DEV void lb_epilogue_tile(float (&acc)[MT][NT][4], float* red, const float* nsum, RowMap rm, int n0,
+                             void* __restrict__ y, float* __restrict__ ws, int* __restrict__ counters,
+                             int out, int batch, int out_f16, int tile, int nsplit) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int E = MT * NT * 4;
@@ -248,7 +249,7 @@ LB_DEV void lb_epilogue(float (&acc)[MT][NT][4], float* red, const float* nsum, 
             for (int i = 0; i < 4; ++i)
                 red[(warp * E + (mt * NT + nt) * 4 + i) * 32 + lane] = acc[mt][nt][i];
     __syncthreads();
-    const bool split = gridDim.z > 1;
+    const bool split = nsplit > 1;
     for (int idx = threadIdx.x; idx < E * 32; idx += LB_THREADS) {
         float v = 0.f;
 #pragma unroll
@@ -270,31 +271,46 @@ LB_DEV void lb_epilogue(float (&acc)[MT][NT][4], float* red, const float* nsum, 
             }
         }
     }
-    if (!split) return;
     __shared__ int s_last;
+    if (!split) {
+        __syncthreads();  // red may be reused by the caller's next tile
+        return;
+    }
     __threadfence();
     __syncthreads();
-    const int tile = blockIdx.x + gridDim.x * blockIdx.y;
-    if (threadIdx.x == 0) s_last = (atomicAdd(counters + tile, 1) == (int)gridDim.z - 1);
+    if (threadIdx.x == 0) s_last = (atomicAdd(counters + tile, 1) == nsplit - 1);
     __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    for (int idx = threadIdx.x; idx < E * 32; idx += LB_THREADS) {
-        const int e = idx >> 5, l = idx & 31;
-        const int i = e & 3, nt = (e >> 2) % NT, mt = (e >> 2) / NT;
-        const int o = rm(mt, i >> 1, l >> 2);
-        const int n = n0 + nt * 8 + 2 * (l & 3) + (i & 1);
-        if (o < out && n < batch) {
-            const size_t off = (size_t)n * out + o;
-            const float v = atomicExch(ws + off, 0.f);
-            if (out_f16) {
-                reinterpret_cast<u16*>(y)[off] = f2h(v);
-            } else {
-                reinterpret_cast<float*>(y)[off] = v;
+    const bool last = s_last;
+    if (last) {
+        __threadfence();
+        for (int idx = threadIdx.x; idx < E * 32; idx += LB_THREADS) {
+            const int e = idx >> 5, l = idx & 31;
+            const int i = e & 3, nt = (e >> 2) % NT, mt = (e >> 2) / NT;
+            const int o = rm(mt, i >> 1, l >> 2);
+            const int n = n0 + nt * 8 + 2 * (l & 3) + (i & 1);
+            if (o < out && n < batch) {
+                const size_t off = (size_t)n * out + o;
+                const float v = atomicExch(ws + off, 0.f);
+                if (out_f16) {
+                    reinterpret_cast<u16*>(y)[off] = f2h(v);
+                } else {
+                    reinterpret_cast<float*>(y)[off] = v;
+                }
             }
         }
+        if (threadIdx.x == 0) atomicExch(counters + tile, 0);
     }
-    if (threadIdx.x == 0) atomicExch(counters + tile, 0);
+    __syncthreads();  // s_last and red may be reused by the caller's next tile
+}
+
+// The epilogue of a block that owns one output tile (blockIdx.x, blockIdx.y) and one of gridDim.z
+// K splits.
+template <int MT, int NT, class RowMap>
+LB_DEV void lb_epilogue(float (&acc)[MT][NT][4], float* red, const float* nsum, RowMap rm, int n0,
+                        void* __restrict__ y, float* __restrict__ ws, int* __restrict__ counters,
+                        int out, int batch, int out_f16) {
+    lb_epilogue_tile<MT, NT>(acc, red, nsum, rm, n0, y, ws, counters, out, batch, out_f16,
+                             (int)(blockIdx.x + gridDim.x * blockIdx.y), (int)gridDim.z);
 }
 
 // Range of work units [u0, u1) of this block along K (gridDim.z-way split).

@@ -6,6 +6,7 @@
 #   scripts/ci-kernels.sh --nvrtc    additionally compiles every kernel through NVRTC 12.9 via
 #                                    `cargo test --release --test cuda nvrtc` (the test also runs as
 #                                    part of a plain `cargo test` whenever the toolchain below exists)
+#   scripts/ci-kernels.sh --install-only   only install the compilers (used by scripts/gpu-bundle.sh)
 #
 # The CUDA compilers come from PyPI wheels, installed once into ${LOWBIT_CUDA_DIR:-~/.cache/lowbit-cuda}
 # with a single `pip install --no-deps --target`:
@@ -22,10 +23,12 @@ NVCC=$PY_DIR/nvidia/cu13/bin/nvcc
 NVRTC_LIB=$PY_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12
 ARCHS=${LOWBIT_CUDA_ARCHS:-"80 90"}
 RUN_NVRTC=0
+INSTALL_ONLY=0
 for a in "$@"; do
     case "$a" in
         --nvrtc) RUN_NVRTC=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --install-only) INSTALL_ONLY=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $a" >&2; exit 2 ;;
     esac
 done
@@ -52,6 +55,7 @@ if [[ ! -x "$NVCC" || ! -e "$NVRTC_LIB" ]]; then
 fi
 [[ -x "$NVCC" ]] || { echo "nvcc missing at $NVCC" >&2; exit 1; }
 echo "== $("$NVCC" --version | tail -n 2 | head -n 1)"
+[[ $INSTALL_ONLY == 1 ]] && exit 0
 
 LOG_DIR=$(mktemp -d)
 trap 'rm -rf "$LOG_DIR"' EXIT

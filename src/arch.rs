@@ -11,9 +11,10 @@ pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// The inputs a decoder-layer linear can read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,10 +40,10 @@ pub enum Producer {
 
 #[derive(Clone, Copy, Debug)]
 pub struct LinearSpec {
-    /// Name relative to `model.layers.N.`, without `.weight`.
+    /// Name relative to `model.layers.N.`, without `.weight`. Whether it has a bias is the config's
+    /// business ([`crate::config::ModelConfig::has_bias`]).
     pub name: &'static str,
     pub input: Input,
-    pub has_bias: bool,
 }
 
 /// The module whose output AWQ's scale search scores a group's candidates by (AutoAWQ's
@@ -66,23 +67,13 @@ pub struct ScaleGroup {
 }
 
 const LLAMA_LINEARS: &[LinearSpec] = &[
-    LinearSpec { name: "self_attn.q_proj", input: Input::AttnIn, has_bias: false },
-    LinearSpec { name: "self_attn.k_proj", input: Input::AttnIn, has_bias: false },
-    LinearSpec { name: "self_attn.v_proj", input: Input::AttnIn, has_bias: false },
-    LinearSpec { name: "self_attn.o_proj", input: Input::AttnOut, has_bias: false },
-    LinearSpec { name: "mlp.gate_proj", input: Input::MlpIn, has_bias: false },
-    LinearSpec { name: "mlp.up_proj", input: Input::MlpIn, has_bias: false },
-    LinearSpec { name: "mlp.down_proj", input: Input::MlpAct, has_bias: false },
-];
-
-const QWEN2_LINEARS: &[LinearSpec] = &[
-    LinearSpec { name: "self_attn.q_proj", input: Input::AttnIn, has_bias: true },
-    LinearSpec { name: "self_attn.k_proj", input: Input::AttnIn, has_bias: true },
-    LinearSpec { name: "self_attn.v_proj", input: Input::AttnIn, has_bias: true },
-    LinearSpec { name: "self_attn.o_proj", input: Input::AttnOut, has_bias: false },
-    LinearSpec { name: "mlp.gate_proj", input: Input::MlpIn, has_bias: false },
-    LinearSpec { name: "mlp.up_proj", input: Input::MlpIn, has_bias: false },
-    LinearSpec { name: "mlp.down_proj", input: Input::MlpAct, has_bias: false },
+    LinearSpec { name: "self_attn.q_proj", input: Input::AttnIn },
+    LinearSpec { name: "self_attn.k_proj", input: Input::AttnIn },
+    LinearSpec { name: "self_attn.v_proj", input: Input::AttnIn },
+    LinearSpec { name: "self_attn.o_proj", input: Input::AttnOut },
+    LinearSpec { name: "mlp.gate_proj", input: Input::MlpIn },
+    LinearSpec { name: "mlp.up_proj", input: Input::MlpIn },
+    LinearSpec { name: "mlp.down_proj", input: Input::MlpAct },
 ];
 
 /// AutoAWQ's groups for Llama-like layers. v→o is only valid when v and o have the same width
@@ -115,18 +106,29 @@ impl Family {
             "llama" => Family::Llama,
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
             _ => bail!("unsupported model_type \"{t}\" (supported: {})", SUPPORTED.join(", ")),
         })
     }
 
-    pub fn linears(self) -> &'static [LinearSpec] {
+    /// The `model_type` of this family.
+    pub fn name(self) -> &'static str {
         match self {
-            Family::Llama | Family::Mistral => LLAMA_LINEARS,
-            Family::Qwen2 => QWEN2_LINEARS,
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
         }
     }
 
-    /// Scale groups of this family. With grouped-query attention the v→o fold is not a per-channel
+    /// The decoder-layer linears. All four families share Llama's seven; they differ in biases,
+    /// q/k norms and attention windows, which the config carries.
+    pub fn linears(self) -> &'static [LinearSpec] {
+        LLAMA_LINEARS
+    }
+
+    /// Scale groups of this family (AutoAWQ's llama/mistral/qwen2/qwen3 tables are the same four;
+    /// qwen3's q_norm/k_norm act on q/k's outputs, so scaling their shared input is exact). With grouped-query attention the v→o fold is not a per-channel
     /// rescale of o's input (v's rows are shared by several heads), so AutoAWQ skips it; so do we.
     pub fn scale_groups(self, gqa: bool) -> Vec<ScaleGroup> {
         LLAMA_GROUPS.iter().copied().filter(|g| !(gqa && g.input == Input::AttnOut)).collect()

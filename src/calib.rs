@@ -36,6 +36,30 @@ pub fn read_calib_text(path: &Path) -> Result<String> {
     }
 }
 
+/// The calibration pass holds `samples × seqlen` hidden states of `hidden` f32 values (twice, for
+/// GPTQ-style propagation): sizes whose hidden states alone exceed the machine's memory are
+/// refused before any work, with the numbers, instead of aborting on allocation later.
+pub fn check_budget(samples: usize, seqlen: usize, hidden: usize) -> Result<()> {
+    if samples == 0 || seqlen < 2 {
+        bail!("--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2");
+    }
+    let tokens = samples.checked_mul(seqlen);
+    let bytes = tokens.and_then(|t| t.checked_mul(hidden)).and_then(|n| n.checked_mul(4)).map(|b| b as u64);
+    let limit = crate::mem::total_memory_bytes().unwrap_or(u64::MAX);
+    if bytes.is_none_or(|b| b > limit) {
+        let need = match bytes {
+            Some(b) => crate::mem::fmt_bytes(b),
+            None => "more bytes than fit in 64 bits".into(),
+        };
+        bail!(
+            "--calib-samples {samples} × --calib-seqlen {seqlen}: {} calibration tokens need {need} of hidden states (hidden_size {hidden}, f32), more than this machine's {} of memory; use fewer samples or shorter windows",
+            tokens.map_or_else(|| "too many".to_string(), |t| t.to_string()),
+            crate::mem::fmt_bytes(limit)
+        );
+    }
+    Ok(())
+}
+
 /// `samples` windows of `seqlen` tokens at seeded random offsets of the tokenized file,
 /// concatenated: `[samples * seqlen]`.
 pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize, seed: u64) -> Result<Vec<u32>> {
@@ -50,15 +74,18 @@ pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize
     if ids.len() < seqlen {
         bail!("{}: calibration text has {} tokens, fewer than one sample of --calib-seqlen {seqlen}", path.display(), ids.len());
     }
-    if ids.len() < samples * seqlen {
+    let total = samples.checked_mul(seqlen).ok_or_else(|| anyhow!("--calib-samples {samples} × --calib-seqlen {seqlen} overflows"))?;
+    if ids.len() < total {
         eprintln!(
             "warning: {}: {} tokens is less than --calib-samples {samples} × --calib-seqlen {seqlen}; the {samples} windows will overlap",
-            path.display(),
+            crate::escape::path(path),
             ids.len()
         );
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(samples * seqlen);
+    let mut out = Vec::new();
+    out.try_reserve_exact(total)
+        .map_err(|_| anyhow!("--calib-samples {samples} × --calib-seqlen {seqlen}: cannot allocate {total} tokens"))?;
     for _ in 0..samples {
         let start = rng.random_range(0..=ids.len() - seqlen);
         out.extend_from_slice(&ids[start..start + seqlen]);

@@ -112,7 +112,14 @@ pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 /// KL(P‖Q) from the reference's log-probabilities and the model's logits.
 fn kl_from(lp: &[f64], q_logits: &[f32]) -> f64 {
     let lq = log_softmax(q_logits);
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+    // Clamped at 0 against rounding, but a NaN (non-finite logits) must stay NaN: `f64::max`
+    // would turn it into 0.
+    let kl = lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+    if kl.is_nan() {
+        kl
+    } else {
+        kl.max(0.0)
+    }
 }
 
 /// Log-softmax of one logits row at `target`, in f64.
@@ -123,9 +130,13 @@ pub fn nll_of(row: &[f32], target: usize) -> f64 {
 /// Rows of logits computed at a time (bounds memory to `LOGIT_ROWS × vocab`).
 const LOGIT_ROWS: usize = 256;
 
-/// Score windows with the model; `on_window` is called after each (for progress).
-pub fn perplexity(model: &Model, w: &Windows, on_window: &mut dyn FnMut(usize)) -> Result<EvalResult> {
-    perplexity_vs(model, None, w, on_window)
+/// Progress of an evaluation: `(tokens done, tokens in all)`, counted over every model's forward
+/// passes and reported after each decoder layer, so it moves within a window.
+pub type OnTokens<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Score windows with the model; `on_tokens` reports progress.
+pub fn perplexity(model: &Model, w: &Windows, on_tokens: OnTokens) -> Result<EvalResult> {
+    perplexity_vs(model, None, w, on_tokens)
 }
 
 /// Logits of the scored positions `chunk` of a window's final hidden states.
@@ -137,8 +148,8 @@ fn chunk_logits(model: &Model, h: &[f32], chunk: &[usize]) -> Result<Vec<f32>> {
 
 /// As [`perplexity`], and with a reference model also the streamed KL divergence and top-1
 /// agreement against it (full logits are never stored: 256 rows at a time).
-pub fn perplexity_vs(model: &Model, reference: Option<&Model>, w: &Windows, on_window: &mut dyn FnMut(usize)) -> Result<EvalResult> {
-    let (_, mut r) = perplexity_many(reference, &[model], w, on_window)?;
+pub fn perplexity_vs(model: &Model, reference: Option<&Model>, w: &Windows, on_tokens: OnTokens) -> Result<EvalResult> {
+    let (_, mut r) = perplexity_many(reference, &[model], w, on_tokens)?;
     Ok(r.remove(0))
 }
 
@@ -158,7 +169,7 @@ pub fn perplexity_many(
     reference: Option<&Model>,
     models: &[&Model],
     w: &Windows,
-    on_window: &mut dyn FnMut(usize),
+    on_tokens: OnTokens,
 ) -> Result<(Option<EvalResult>, Vec<EvalResult>)> {
     let vocab = reference.map_or_else(|| models.first().map_or(0, |m| m.cfg.vocab_size), |r| r.cfg.vocab_size);
     for m in models {
@@ -170,14 +181,31 @@ pub fn perplexity_many(
     let mut accs: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     let mut count = 0usize;
     let positions: Vec<usize> = (w.first..w.ctx - 1).collect();
+    // Progress in tokens: each model's pass over a window counts ctx tokens, spread over its layers.
+    let passes: Vec<usize> = reference.iter().chain(models).map(|m| m.cfg.num_layers.max(1)).collect();
+    let total = w.windows.len() * w.ctx * passes.len();
+    let per_window: usize = passes.iter().sum();
+    let tokens_per_step = (w.ctx * passes.len()) as f64 / per_window as f64;
+    let mut step = 0usize;
+    let mut report = |step: usize| on_tokens(((step as f64 * tokens_per_step) as usize).min(total), total);
     for (wi, win) in w.windows.iter().enumerate() {
         let t = Instant::now();
-        let href = reference.map(|r| r.hidden(win, w.ctx)).transpose()?;
+        let href = reference
+            .map(|r| {
+                r.hidden_with(win, w.ctx, &mut || {
+                    step += 1;
+                    report(step)
+                })
+            })
+            .transpose()?;
         ref_acc.seconds += t.elapsed().as_secs_f64();
         let mut hs = Vec::with_capacity(models.len());
         for (m, a) in models.iter().zip(&mut accs) {
             let t = Instant::now();
-            hs.push(m.hidden(win, w.ctx)?);
+            hs.push(m.hidden_with(win, w.ctx, &mut || {
+                step += 1;
+                report(step)
+            })?);
             a.seconds += t.elapsed().as_secs_f64();
         }
         for chunk in positions.chunks(LOGIT_ROWS) {
@@ -221,7 +249,8 @@ pub fn perplexity_many(
             }
         }
         count += positions.len();
-        on_window(wi + 1);
+        step = (wi + 1) * per_window;
+        report(step);
     }
     let tokens = w.windows.len() * w.ctx;
     let result = |a: &Acc, with_ref: bool| {

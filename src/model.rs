@@ -1,11 +1,12 @@
-//! The decoder-only transformer (Llama, Mistral, Qwen2) on the CPU, in f32, one decoder layer at a
+//! The decoder-only transformer (Llama, Mistral, Qwen2, Qwen3) on the CPU, in f32, one decoder layer at a
 //! time. [`Model::load_layer`] + [`Model::forward_layer`] form the layer-streaming API: callers
 //! keep one layer's weights and one batch of hidden states, and observe the input of every
 //! linear through a hook.
 
 use crate::arch::{Input, LinearSpec};
 use crate::config::ModelConfig;
-use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8, Rope};
+use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8};
+use crate::rope::Rope;
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
@@ -45,6 +46,9 @@ pub struct LayerWeights {
     pub index: usize,
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
+    /// Per-head RMSNorm weights of q and k (`[head_dim]`, qwen3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub linears: Vec<LinearW>,
 }
 
@@ -88,9 +92,16 @@ impl Model {
     /// Open without checking that every tensor is present (the caller installs a packed loader
     /// first, then calls [`Model::check_tensors`]).
     pub fn open_dense_unchecked(dir: &Path) -> Result<Self> {
+        check_model_dir(dir)?;
         let cfg = ModelConfig::load(&dir.join("config.json"))?;
         let ck = Checkpoint::open(dir)?;
         Ok(Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() })
+    }
+
+    /// A model over an already opened checkpoint (e.g. one held in memory, as the GGUF reader
+    /// builds: [`crate::gguf::load`]).
+    pub fn from_parts(cfg: ModelConfig, ck: Checkpoint) -> Self {
+        Model { cfg, ck, packed: None, embed: OnceLock::new(), lm_head: OnceLock::new() }
     }
 
     pub fn with_packed(mut self, loader: Box<PackedLoader>) -> Self {
@@ -106,11 +117,15 @@ impl Model {
         let (d, v) = (c.hidden_size, c.vocab_size);
         // Checked name by name: num_hidden_layers comes from config.json and may be absurd, so
         // the list of needed names is never built up front.
+        // The names checked, for the converse check below.
+        let expected = std::cell::RefCell::new(std::collections::HashSet::new());
         let need = |n: String, shape: &[usize]| -> Result<()> {
             if !self.ck.contains(&n) {
                 bail!("{}: missing tensor {n}", self.ck.dir.display());
             }
-            self.ck.check_shape(&n, shape)
+            self.ck.check_shape(&n, shape)?;
+            expected.borrow_mut().insert(n);
+            Ok(())
         };
         need("model.embed_tokens.weight".into(), &[v, d])?;
         need("model.norm.weight".into(), &[d])?;
@@ -127,10 +142,59 @@ impl Model {
                 if !packed || self.ck.contains(&format!("{p}.weight")) {
                     need(format!("{p}.weight"), &[out, inn])?;
                 }
-                if l.has_bias {
+                if c.has_bias(l.name) {
                     need(format!("{p}.bias"), &[out])?;
+                } else if self.ck.contains(&format!("{p}.bias")) {
+                    bail!(
+                        "{}: tensor {p}.bias is present but config.json gives {} no bias (attention_bias / mlp_bias); refusing to ignore it",
+                        self.ck.dir.display(),
+                        l.name
+                    );
                 }
             }
+            for n in ["q_norm", "k_norm"] {
+                let name = format!("model.layers.{i}.self_attn.{n}.weight");
+                if c.qk_norm {
+                    need(name, &[c.head_dim])?;
+                } else if self.ck.contains(&name) {
+                    bail!(
+                        "{}: tensor {name} is present but model_type {} has no q/k norms; refusing to ignore it",
+                        self.ck.dir.display(),
+                        c.family.name()
+                    );
+                }
+            }
+        }
+        self.check_no_extra_tensors(&expected.into_inner())
+    }
+
+    /// Every stored tensor is one the config implies (`expected`, or a packed part of an
+    /// expected linear): a tensor of a layer beyond num_hidden_layers, or of anything else the
+    /// forward pass would not run, is refused by name instead of silently dropped.
+    fn check_no_extra_tensors(&self, expected: &std::collections::HashSet<String>) -> Result<()> {
+        let c = &self.cfg;
+        for n in self.ck.names().filter(|n| !expected.contains(*n)) {
+            let layer = n.strip_prefix("model.layers.").and_then(|r| r.split_once('.'));
+            if let Some((i, rest)) = layer {
+                if i.parse::<usize>().is_ok_and(|i| i >= c.num_layers) {
+                    bail!(
+                        "{}: tensor {} belongs to a layer beyond num_hidden_layers {} in config.json",
+                        self.ck.dir.display(),
+                        crate::escape::text(n),
+                        c.num_layers
+                    );
+                }
+                // Packed parts (qweight, scales, ...) of a packed linear the config has.
+                let packed_part = c.family.linears().iter().any(|l| {
+                    let p = format!("model.layers.{i}.{}", l.name);
+                    let packed = ["qweight", "vq_indices"].iter().any(|s| self.ck.contains(&format!("{p}.{s}")));
+                    packed && rest.strip_prefix(l.name).and_then(|r| r.strip_prefix('.')).is_some_and(|part| part != "bias")
+                });
+                if i.parse::<usize>().is_ok() && packed_part {
+                    continue;
+                }
+            }
+            bail!("{}: tensor {} is not part of the model config.json describes", self.ck.dir.display(), crate::escape::text(n));
         }
         Ok(())
     }
@@ -169,18 +233,26 @@ impl Model {
         let c = &self.cfg;
         let d = c.hidden_size;
         let p = format!("model.layers.{i}");
+        let qk_norm = |n: &str| -> Result<Option<Vec<f32>>> {
+            if !c.qk_norm {
+                return Ok(None);
+            }
+            Ok(Some(self.ck.f32_shaped(&format!("{p}.self_attn.{n}.weight"), &[c.head_dim])?))
+        };
         let mut linears = Vec::new();
         for spec in c.family.linears() {
             let (out, inn) = self.linear_shape(spec);
             let prefix = format!("{p}.{}", spec.name);
             let w = self.linear_weight(&prefix, out, inn)?;
-            let bias = if spec.has_bias { Some(self.ck.f32_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
+            let bias = if c.has_bias(spec.name) { Some(self.ck.f32_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
             linears.push(LinearW { spec: *spec, out, inn, w, bias });
         }
         Ok(LayerWeights {
             index: i,
             input_norm: self.ck.f32_shaped(&format!("{p}.input_layernorm.weight"), &[d])?,
             post_norm: self.ck.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
             linears,
         })
     }
@@ -260,8 +332,14 @@ impl Model {
         let mut q = lw.get("self_attn.q_proj").forward(xn, rows);
         let mut k = lw.get("self_attn.k_proj").forward(xn, rows);
         let v = lw.get("self_attn.v_proj").forward(xn, rows);
+        let eps = self.cfg.rms_norm_eps;
+        if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+            // Per-head RMSNorm (qwen3): rows of head_dim values.
+            q = rms_norm(&q, qn, eps);
+            k = rms_norm(&k, kn, eps);
+        }
         self.apply_rope(&mut q, &mut k, rows, seq_len);
-        let att = self.attention(&q, &k, &v, rows, seq_len);
+        let att = self.attention(&q, &k, &v, rows, seq_len, self.cfg.window(lw.index));
         drop((q, k, v));
         hook(Input::AttnOut, &att, rows);
         lw.get("self_attn.o_proj").forward(&att, rows)
@@ -310,7 +388,7 @@ impl Model {
     fn apply_rope(&self, q: &mut [f32], k: &mut [f32], rows: usize, seq_len: usize) {
         let c = &self.cfg;
         let hd = c.head_dim;
-        let rope = Rope::new(hd, c.rope_theta, seq_len);
+        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
         let (qd, kd) = (c.q_dim(), c.kv_dim());
         q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).enumerate().for_each(|(r, (qr, kr))| {
             let pos = r % seq_len;
@@ -320,9 +398,10 @@ impl Model {
         debug_assert_eq!(q.len(), rows * qd);
     }
 
-    /// Causal multi-head attention with grouped KV heads. Tasks are (sequence, head, query block);
-    /// each holds only `ATTN_BLOCK × seq_len` scores.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize) -> Vec<f32> {
+    /// Causal multi-head attention with grouped KV heads, optionally limited to a sliding window
+    /// (query i sees keys j with i − window < j ≤ i, as transformers' sliding mask). Tasks are
+    /// (sequence, head, query block); each holds only `ATTN_BLOCK × seq_len` scores.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize, window: Option<usize>) -> Vec<f32> {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let (qd, kd) = (c.q_dim(), c.kv_dim());
@@ -354,20 +433,25 @@ impl Model {
                     let r = s * seq_len + t;
                     qb.extend_from_slice(&q[r * qd + h * hd..r * qd + (h + 1) * hd]);
                 }
-                // Keys 0..r1 suffice under the causal mask.
-                let mut sc = vec![0f32; m * r1];
-                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[..r1 * hd], r1);
-                for (i, row) in sc.chunks_mut(r1).enumerate() {
-                    let lim = r0 + i + 1;
-                    let mx = row[..lim].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-                    row[..lim].iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
-                    let sum = sum8(&row[..lim]);
+                // Keys k0..r1 suffice under the causal (and window) mask; scores are relative to k0.
+                let k0 = window.map_or(0, |w| (r0 + 1).saturating_sub(w));
+                let nk = r1 - k0;
+                let mut sc = vec![0f32; m * nk];
+                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[k0 * hd..r1 * hd], nk);
+                for (i, row) in sc.chunks_mut(nk).enumerate() {
+                    let lim = r0 + i + 1 - k0;
+                    let first = window.map_or(0, |w| (r0 + i + 1).saturating_sub(w) - k0);
+                    let live = &mut row[first..lim];
+                    let mx = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
+                    live.iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
+                    let sum = sum8(live);
                     let inv = 1.0 / sum;
-                    row[..lim].iter_mut().for_each(|x| *x *= inv);
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    row[..first].iter_mut().for_each(|x| *x = 0.0);
                     row[lim..].iter_mut().for_each(|x| *x = 0.0);
                 }
                 let mut ob = vec![0f32; m * hd];
-                matmul_seq(&mut ob, &sc, m, r1, &vh[..r1 * hd], hd, false);
+                matmul_seq(&mut ob, &sc, m, nk, &vh[k0 * hd..r1 * hd], hd, false);
                 ob
             })
             .collect();
@@ -392,11 +476,33 @@ impl Model {
 
     /// Run all layers over `n_seq` sequences of `seq_len` tokens: final hidden states.
     pub fn hidden(&self, tokens: &[u32], seq_len: usize) -> Result<Vec<f32>> {
+        self.hidden_with(tokens, seq_len, &mut || {})
+    }
+
+    /// As [`Model::hidden`], calling `on_layer` after each decoder layer (for progress).
+    pub fn hidden_with(&self, tokens: &[u32], seq_len: usize, on_layer: &mut dyn FnMut()) -> Result<Vec<f32>> {
         let mut h = self.embed(tokens)?;
         for i in 0..self.cfg.num_layers {
             let lw = self.load_layer(i)?;
             self.forward_layer(&lw, &mut h, seq_len, &mut |_, _, _| {});
+            on_layer();
         }
         Ok(h)
     }
+}
+
+/// `--model` must name a checkpoint directory: a GGUF file gets a pointer to `import-gguf`, any
+/// other file a plain refusal (instead of "config.json: Not a directory").
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            bail!(
+                "{}: is a GGUF file; --model takes a checkpoint directory: convert it first with `lowbit import-gguf {} --out DIR`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        bail!("{}: is a file; --model takes a checkpoint directory (config.json + *.safetensors)", dir.display());
+    }
+    Ok(())
 }

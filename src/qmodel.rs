@@ -120,6 +120,10 @@ impl Stored {
 /// Open a plain or quantized checkpoint for the forward pass. Packed linears are dequantized
 /// from their packed bytes each time a layer is loaded.
 pub fn open(dir: &Path) -> Result<Model> {
+    if crate::gguf::load::is_gguf(dir) {
+        return crate::gguf::load::open(dir);
+    }
+    crate::model::check_model_dir(dir)?;
     let cfg = ModelConfig::load(&dir.join("config.json"))?;
     let scheme = QuantScheme::from_config(dir, &cfg.raw)?;
     let m = Model::open_dense_unchecked(dir)?;
@@ -177,6 +181,10 @@ pub struct InspectReport {
 }
 
 pub fn inspect(dir: &Path) -> Result<InspectReport> {
+    if crate::gguf::load::is_gguf(dir) {
+        return crate::gguf::load::inspect(dir);
+    }
+    crate::model::check_model_dir(dir)?;
     let cfg = ModelConfig::load(&dir.join("config.json"))?;
     let ck = Checkpoint::open(dir)?;
     let scheme = QuantScheme::from_config(dir, &cfg.raw)?;

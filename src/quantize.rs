@@ -2,15 +2,23 @@
 //! time, quantize every linear of the layer with the chosen method, pack, and write an HF-style
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
+pub mod gguf;
+
+pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
+
 use crate::arch::Input;
 use crate::checkpoint;
+use crate::escape;
+use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
+use crate::outdir::{OutDir, Source};
 use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
-use crate::quant::{awq, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
+use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
+use gguf::{gguf_fallback, gguf_fallbacks, quantize_gguf, validate_gguf};
 use safetensors::Dtype;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -85,8 +93,9 @@ impl Method {
         let awq = Needs { mean_abs: true, window_tokens: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
-            // The clip search's sample too.
-            Method::Awq => Needs { strided_rows: awq::CLIP_TOKENS, ..awq },
+            // The clip search's sample too; on GGUF block grids, the block fit after AWQ's scaling
+            // is weighted by E[x²].
+            Method::Awq => Needs { strided_rows: awq::CLIP_TOKENS, mean_sq: o.format == Format::Gguf || o.gguf_type.is_some(), ..awq },
             // AWQ's search in front of the aware quantizer.
             Method::AwqStatsq | Method::AwqShift => Needs { mean_sq: o.aware_weight == AwareWeight::MeanSq, ..awq },
             Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
@@ -128,15 +137,19 @@ pub struct LinearPlan {
     pub method: Method,
     pub bits: u8,
     pub group_size: usize,
+    /// A llama.cpp block type: the codes live on its grid (`bits` / `group_size` unused).
+    pub ty: Option<GgmlType>,
 }
 
-/// `--override 'REGEX=METHOD:BITS[:GROUP]'`: linears whose full name matches get this plan.
+/// `--override 'REGEX=METHOD:BITS[:GROUP]'` or `'REGEX=METHOD:TYPE'` (a GGUF block type, e.g.
+/// `q6_k`): linears whose full name matches get this plan.
 #[derive(Clone, Debug)]
 pub struct Override {
     pub pattern: regex::Regex,
     pub method: Method,
     pub bits: u8,
     pub group_size: Option<usize>,
+    pub ty: Option<GgmlType>,
 }
 
 impl std::str::FromStr for Override {
@@ -150,9 +163,16 @@ impl std::str::FromStr for Override {
             return Err(bad());
         }
         let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
+        if !parts[1].starts_with(|c: char| c.is_ascii_digit()) {
+            let ty = parse_block_type(parts[1]).map_err(|e| anyhow!("--override {s:?}: {e}"))?;
+            if parts.len() > 2 {
+                return Err(bad());
+            }
+            return Ok(Override { pattern, method, bits: 0, group_size: None, ty: Some(ty) });
+        }
         let bits: u8 = parts[1].parse().map_err(|_| bad())?;
         let group_size = parts.get(2).map(|g| g.parse::<usize>()).transpose().map_err(|_| bad())?;
-        Ok(Override { pattern, method, bits, group_size })
+        Ok(Override { pattern, method, bits, group_size, ty: None })
     }
 }
 
@@ -165,6 +185,8 @@ pub enum Format {
     Awq,
     /// GPTQ v1 (2/3/4/8-bit).
     Gptq,
+    /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
+    Gguf,
 }
 
 impl Format {
@@ -174,6 +196,7 @@ impl Format {
             Format::Lowbit => "lowbit",
             Format::Awq => "awq",
             Format::Gptq => "gptq",
+            Format::Gguf => "gguf",
         }
     }
 }
@@ -228,6 +251,11 @@ pub struct Options {
     pub static_groups: bool,
     /// Importance weighting of the -aware methods.
     pub aware_weight: AwareWeight,
+    /// GGUF block type of the linears (`--gguf-type`; `--format gguf` defaults to Q4_K).
+    pub gguf_type: Option<GgmlType>,
+    /// GGUF: type of the token embedding / output tensor (None: llama.cpp's defaults).
+    pub token_embd_type: Option<GgmlType>,
+    pub output_type: Option<GgmlType>,
 }
 
 impl Options {
@@ -236,9 +264,16 @@ impl Options {
         if self.skip.iter().any(|r| r.is_match(prefix)) {
             return None;
         }
-        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size };
+        let base_ty = self.gguf_type.or((self.format == Format::Gguf).then_some(DEFAULT_GGUF_TYPE));
+        let mut p = LinearPlan { method: self.method, bits: self.bits, group_size: self.group_size, ty: base_ty };
         for o in self.overrides.iter().filter(|o| o.pattern.is_match(prefix)) {
-            p = LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size) };
+            p = match o.ty {
+                Some(t) => LinearPlan { method: o.method, ty: Some(t), ..p },
+                None => LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size.unwrap_or(p.group_size), ty: base_ty },
+            };
+        }
+        if let Some(t) = p.ty {
+            p.group_size = crate::gguf::blocks::Kind::of(t).map_or(32, |k| k.block);
         }
         Some(p)
     }
@@ -266,12 +301,25 @@ pub struct Summary {
     pub quantized_linears: usize,
     pub peak_rss_bytes: Option<u64>,
     pub dry_run: bool,
+    /// GGUF: tensors stored in another type than asked for (llama.cpp's fallbacks), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 /// Validate options before any work.
 pub fn validate(o: &Options) -> Result<()> {
-    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size })
-        .chain(o.overrides.iter().map(|v| LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size) }));
+    let gguf_plans = o.gguf_type.is_some() || o.format == Format::Gguf || o.overrides.iter().any(|v| v.ty.is_some());
+    if gguf_plans {
+        validate_gguf(o)?;
+    }
+    let plans = std::iter::once(LinearPlan { method: o.method, bits: o.bits, group_size: o.group_size, ty: None }).chain(
+        o.overrides.iter().filter(|v| v.ty.is_none()).map(|v| LinearPlan {
+            method: v.method,
+            bits: v.bits,
+            group_size: v.group_size.unwrap_or(o.group_size),
+            ty: None,
+        }),
+    );
     for p in plans {
         if !(2..=8).contains(&p.bits) {
             bail!("--bits must be between 2 and 8 (got {})", p.bits);
@@ -281,6 +329,18 @@ pub fn validate(o: &Options) -> Result<()> {
         }
         if o.format == Format::Awq && p.bits != 4 {
             bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", p.bits);
+        }
+        if o.format == Format::Awq && p.group_size % 32 != 0 {
+            let at = o
+                .overrides
+                .iter()
+                .find(|v| v.group_size == Some(p.group_size))
+                .map(|v| format!(" (--override for modules matching '{}')", v.pattern));
+            bail!(
+                "--format awq needs a group size that is a multiple of 32 (AWQ GEMM kernels work in k-blocks of 32); got {}{}",
+                p.group_size,
+                at.unwrap_or_default()
+            );
         }
         if o.format == Format::Gptq && ![2, 3, 4, 8].contains(&p.bits) {
             bail!("--format gptq supports 2, 3, 4 or 8 bits (got --bits {})", p.bits);
@@ -300,7 +360,7 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
         bail!("{prefix}: zero point does not fit 4 bits");
     }
     let layout = match o.format {
-        Format::Lowbit => crate::pack::Layout::Lowbit,
+        Format::Lowbit | Format::Gguf => crate::pack::Layout::Lowbit,
         Format::Awq => crate::pack::Layout::Awq,
         Format::Gptq => crate::pack::Layout::Gptq,
     };
@@ -324,6 +384,9 @@ type ZeroFreeQuantizer = fn(&[f32], usize, usize, u8, usize, Option<&[f32]>) -> 
 
 fn row_quantizer(p: LinearPlan, sym: bool, range: rtn::Range, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
+    if let Some(ty) = p.ty {
+        return Box::new(move |row: &mut [f32], _s: &[f32]| qgguf::fake_quant_row(ty, row, None));
+    }
     match p.method {
         Method::AwqStatsq | Method::AwqShift => {
             let quantize: ZeroFreeQuantizer = if p.method.grid() == Grid::HalfInt { statsq::statsq } else { shift::shift };
@@ -378,7 +441,9 @@ fn awq_layer(
     let folded = awq::scale_layer(model, lw, stats, &search_of);
     let clip_of = |name: &str| {
         plan_of(name)
-            .filter(|p| p.method == Method::Awq)
+            // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
+            // range search takes its place.
+            .filter(|p| p.method == Method::Awq && p.ty.is_none())
             .map(|p| awq::AwqConfig { clip_asym: !o.awq_symmetric_clip, ..awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range) })
     };
     awq::clip_layer(lw, stats, &folded, &clip_of);
@@ -418,6 +483,12 @@ fn quantize_layer(
             hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
         }
         let h = || &hessians[&l.spec.input];
+        if let Some(ty) = p.ty {
+            out.push(Some(QTensor::Gguf(
+                quantize_gguf(o, ty, p.method, l, stats, &folded, h).with_context(|| format!("{prefix}: {}", ty))?,
+            )));
+            continue;
+        }
         let q = match p.method {
             Method::Rtn => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
             Method::Awq => QTensor::Group(rtn::quantize_in(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym, o.awq_range)),
@@ -452,7 +523,9 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         for spec in c.family.linears() {
             let prefix = format!("model.layers.{i}.{}", spec.name);
             let mut plan = o.plan(&prefix);
-            if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
+            if let Some(p) = plan.filter(|p| p.ty.is_some()) {
+                plan = gguf_fallback(o, p, model.linear_shape(spec).1, &prefix)?;
+            } else if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
                 let (out, inn) = model.linear_shape(spec);
                 let probe = probe_q(p, out, inn, o.sym);
                 if let Err(e) = pack(o, &probe, &prefix) {
@@ -474,64 +547,83 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
     Ok(plans)
 }
 
-/// The temporary directory a run writes into, beside the output.
-pub fn partial_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.lowbit-partial"))
-}
-
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
     validate(o)?;
     let t0 = Instant::now();
     let model = Model::open_dense(model_dir)?;
     if model.cfg.raw.get("quantization_config").is_some() {
-        bail!("{}: already quantized (has quantization_config)", model_dir.display());
+        bail!("{}: already quantized (has quantization_config)", escape::path(model_dir));
     }
-    if !dry_run && o.out.exists() && !o.force {
-        bail!("{}: output directory exists (use --force to replace it)", o.out.display());
+    if o.calib.is_some() {
+        model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
     }
+    check_finite_tail(&model)?;
+    let gguf_out = o.format == Format::Gguf;
+    if gguf_out {
+        crate::gguf::export::check_exportable(&model.cfg, &model_dir.join("config.json"))?;
+        if !dry_run {
+            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_deref())?;
+        }
+        if o.resume {
+            bail!("--resume is not available with --format gguf (the file is written in one piece at the end)");
+        }
+    }
+    // The output is checked against the inputs and locked before any work (--dry-run writes
+    // nothing; a GGUF file is checked above and written whole at the end).
+    let mut od = if dry_run || gguf_out {
+        None
+    } else {
+        let mut inputs = vec![Source::new(model_dir, "model directory")];
+        if let Some(c) = &o.calib {
+            inputs.push(Source::new(c, "calibration text"));
+        }
+        Some(OutDir::begin(&o.out, "quantize", o.force, &inputs)?)
+    };
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
-        (Some(p), n) if n.any() => (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen),
+        (Some(p), n) if n.any() => {
+            crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
+            (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
+        }
         _ => (Vec::new(), 0),
     };
-    let tmp = partial_dir(&o.out);
-    let fp = fingerprint(model_dir, &model.ck, o, &tokens)?;
+    let mut ckpt = None;
     let mut resume_from = None;
-    if !dry_run {
-        if o.resume && tmp.exists() {
-            resume_from = checkpoint::load_state(&tmp, &fp)?;
-            if resume_from.is_none() {
-                eprintln!("warning: {}: no finished layer to resume from; starting over", tmp.display());
+    if let Some(od) = &mut od {
+        let fp = fingerprint(model_dir, &model.ck, o, &tokens)?;
+        // Keep finished layers for --resume only when asked to resume; otherwise leave nothing.
+        od.keep_tmp_on_failure(o.resume);
+        if o.resume {
+            let mut refused = None;
+            for (dir, _) in od.leftovers().into_iter().filter(|(_, cmd)| cmd == "quantize") {
+                match checkpoint::Checkpointer::load(&dir, &fp, model.cfg.num_layers) {
+                    Ok(Some((ck, st))) if resume_from.as_ref().is_none_or(|s: &checkpoint::State| st.layers_done > s.layers_done) => {
+                        ckpt = Some(ck);
+                        resume_from = Some(st);
+                    }
+                    Ok(_) => {}
+                    Err(e) => refused = refused.or(Some(e)),
+                }
+            }
+            match (&ckpt, refused) {
+                (Some(ck), _) => od.adopt(&ck.dir)?,
+                (None, Some(e)) => return Err(e),
+                (None, None) => eprintln!("warning: {}: no finished layer to resume from; starting over", escape::path(od.path())),
             }
         }
-        if resume_from.is_none() {
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
-            }
-            std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-            checkpoint::write_fingerprint(&tmp, &fp)?;
+        if ckpt.is_none() {
+            ckpt = Some(checkpoint::Checkpointer::new(od.create_tmp()?, &fp));
         }
     }
-    let ckpt = if dry_run { None } else { Some(checkpoint::Checkpointer { dir: tmp.clone(), fingerprint: fp }) };
-    let result = run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_ref(), resume_from, progress);
-    let (tensors, meta, lin_bits, lin_weights, forward_seconds, search_seconds) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Keep finished layers for --resume only when asked to resume; otherwise leave nothing.
-            if !o.resume {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-            return Err(e);
-        }
-    };
+    let (tensors, meta, lin_bits, lin_weights, forward_seconds, search_seconds) =
+        run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
     // Whole-checkpoint accounting.
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let params: u64 =
         lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
-    let summary = Summary {
+    let mut summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
         format: o.format.name().into(),
@@ -547,19 +639,64 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         quantized_linears: plans.iter().flatten().filter(|p| p.is_some()).count(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
+        fallbacks: gguf_fallbacks(&model, o, &plans),
     };
     if dry_run {
         return Ok(summary);
     }
-    let finish = || write_output(model_dir, &model, o, &tmp, &tensors, &meta, &plans);
-    finish().inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
-    })?;
+    check_finite_output(&tensors)?;
+    if gguf_out {
+        let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
+        let w = crate::gguf::export::write_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type, &o.out)?;
+        summary.bytes = w.bytes;
+        summary.model_bpw = 8.0 * w.bytes as f64 / w.params.max(1) as f64;
+        summary.fallbacks.extend(w.fallbacks);
+        summary.seconds = t0.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let od = od.expect("an output directory unless dry-run or gguf");
+    write_output(model_dir, &model, o, od.tmp(), &tensors, &meta, &plans)?;
+    od.commit()?;
     Ok(summary)
 }
 
+/// A GGUF output is one file: it must not be, or lie inside, an input, and an existing file is
+/// replaced (with --force) only when it is a GGUF file that lowbit wrote (its `general.name`
+/// ends in " (lowbit)"); anything else is refused with what was found.
+fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path>) -> Result<()> {
+    let shown = escape::path(out);
+    if out.is_dir() {
+        bail!("{shown}: is a directory; --format gguf writes one file");
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let canon_parent = std::fs::canonicalize(parent).ok();
+    let canon_out = canon_parent.as_ref().and_then(|p| out.file_name().map(|n| p.join(n)));
+    for (input, what) in [(Some(model_dir), "the model directory"), (calib, "the calibration text")] {
+        let (Some(i), Some(co)) = (input.and_then(|i| std::fs::canonicalize(i).ok()), &canon_out) else { continue };
+        if co == &i || co.starts_with(&i) {
+            bail!("--out {shown} is, or is inside, {what} {}; write the output somewhere else", escape::path(input.unwrap()));
+        }
+    }
+    if std::fs::symlink_metadata(out).is_ok() {
+        if !force {
+            bail!("{shown}: exists (--force replaces it only if lowbit wrote it)");
+        }
+        let ours = crate::gguf::Gguf::open(out)
+            .ok()
+            .and_then(|g| g.get_str("general.name").ok().flatten().map(|n| n.ends_with(" (lowbit)")))
+            .unwrap_or(false);
+        if !ours {
+            bail!("{shown}: exists and is not a GGUF file lowbit wrote; refusing to replace it, even with --force");
+        }
+    }
+    Ok(())
+}
+
 fn is_packed_part(name: &str) -> bool {
-    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s))
+    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) || name.contains(".ggml_")
 }
 
 /// Tensors, metadata, stored bits and weights of the linears, forward and search seconds.
@@ -633,7 +770,16 @@ pub(crate) fn layer_out(
     let fd = o.float_dtype;
     let mut search_seconds = 0.0;
     let qs: Vec<Option<QTensor>> = if dry_run {
-        lw.linears.iter().zip(plan).map(|(l, p)| p.map(|p| QTensor::Group(probe_q(p, l.out, l.inn, o.sym)))).collect()
+        lw.linears
+            .iter()
+            .zip(plan)
+            .map(|(l, p)| {
+                p.map(|p| match p.ty {
+                    Some(t) => QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None)),
+                    None => QTensor::Group(probe_q(p, l.out, l.inn, o.sym)),
+                })
+            })
+            .collect()
     } else {
         quantize_layer(o, model, lw, plan, stats, &mut search_seconds)?
     };
@@ -659,6 +805,21 @@ pub(crate) fn layer_out(
                 }
                 r.tensors.extend(packed.to_tensors(&prefix));
             }
+            (Some(QTensor::Gguf(b)), Some(pl)) => {
+                r.bits += b.storage_bits();
+                r.weights += (b.rows * b.cols) as u64;
+                if o.format == Format::Gguf {
+                    r.tensors.push(crate::pack::gguf::to_tensor(b, &prefix));
+                } else {
+                    let g =
+                        crate::pack::gguf::to_groupq(b).ok_or_else(|| anyhow!("{prefix}: {} codes do not fit lowbit's layout", b.ty))?;
+                    let packed = pack(o, &g, &prefix)?;
+                    if let Packed::Lowbit(lp) = &packed {
+                        r.modules.push((prefix.clone(), lp.meta(pl.method.name())));
+                    }
+                    r.tensors.extend(packed.to_tensors(&prefix));
+                }
+            }
             (Some(QTensor::Vq(v)), Some(pl)) => {
                 let packed = crate::pack::vq::VqPacked::pack(v).with_context(|| format!("{prefix}: cannot pack"))?;
                 r.bits += packed.storage_bits();
@@ -674,8 +835,29 @@ pub(crate) fn layer_out(
     }
     r.tensors.push(OutTensor::float(format!("{p}.input_layernorm.weight"), fd, vec![c.hidden_size], &lw.input_norm));
     r.tensors.push(OutTensor::float(format!("{p}.post_attention_layernorm.weight"), fd, vec![c.hidden_size], &lw.post_norm));
+    for (n, w) in [("q_norm", &lw.q_norm), ("k_norm", &lw.k_norm)] {
+        if let Some(w) = w {
+            r.tensors.push(OutTensor::float(format!("{p}.self_attn.{n}.weight"), fd, vec![w.len()], w));
+        }
+    }
     r.quantized = qs;
     Ok(r)
+}
+
+/// The tensors outside the decoder layers (embeddings, final norm, lm_head) are finite: checked
+/// before any work.
+pub(crate) fn check_finite_tail(model: &Model) -> Result<()> {
+    for n in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] {
+        if n == "lm_head.weight" && model.cfg.tie_word_embeddings {
+            continue;
+        }
+        let (info, bytes) = model.ck.raw(n)?;
+        if let Some(i) = crate::weights::first_non_finite(info.dtype, bytes) {
+            bail!("{}: tensor {n}: non-finite value at index {i}", escape::path(&model.ck.dir));
+        }
+        model.ck.release_pages();
+    }
+    Ok(())
 }
 
 /// Embeddings, final norm and lm_head in the output float type.
@@ -701,7 +883,7 @@ fn run(
     plans: &[Vec<Option<LinearPlan>>],
     needs: Needs,
     dry_run: bool,
-    ckpt: Option<&checkpoint::Checkpointer>,
+    mut ckpt: Option<&mut checkpoint::Checkpointer>,
     resume: Option<checkpoint::State>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<RunOut> {
@@ -709,7 +891,7 @@ fn run(
     let mut out: Vec<OutTensor> = Vec::new();
     let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd, mut search) = match resume {
         Some(st) => {
-            let ck = ckpt.expect("resume needs a checkpoint directory");
+            let ck = ckpt.as_deref().expect("resume needs a checkpoint directory");
             let h = if seqlen > 0 { ck.read_hidden(tokens.len() * c.hidden_size)? } else { Vec::new() };
             eprintln!("resuming after layer {} of {}", st.layers_done, c.num_layers);
             (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds, st.search_seconds)
@@ -751,11 +933,10 @@ fn run(
         meta.modules.extend(r.modules);
         meta.vq_modules.extend(r.vq_modules);
         model.ck.release_pages();
-        if let Some(ck) = ckpt {
-            let layer: Vec<&OutTensor> = r.tensors.iter().collect();
+        if let Some(ck) = ckpt.as_deref_mut() {
             ck.write_layer(
                 i,
-                &layer,
+                &r.tensors,
                 &h,
                 &checkpoint::State {
                     layers_done: i + 1,
@@ -773,7 +954,7 @@ fn run(
     drop(h);
     progress(c.num_layers, c.num_layers, "writing");
     // With checkpoints the packed layers live on disk during the run and are read back once here.
-    if let Some(ck) = ckpt {
+    if let Some(ck) = ckpt.as_deref() {
         for i in 0..c.num_layers {
             out.extend(ck.read_layer(i)?);
         }
@@ -782,8 +963,8 @@ fn run(
     Ok((out, meta, lin_bits, lin_weights, fwd, search))
 }
 
-/// Write the final directory from `tmp` (tensors, config.json with quantization_config, tokenizer
-/// files), drop the checkpoints, and rename it into place.
+/// Write the output files into the temporary directory `tmp` (tensors, config.json with
+/// quantization_config, tokenizer files) and drop the checkpoints; the caller moves it into place.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_output(
     model_dir: &Path,
@@ -801,6 +982,7 @@ pub(crate) fn write_output(
         Format::Lowbit => serde_json::to_value(meta)?,
         Format::Awq => AwqPacked::quantization_config(o.group_size),
         Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
+        Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
     };
     let float: Vec<String> = (0..c.num_layers)
         .flat_map(|i| {
@@ -836,12 +1018,7 @@ pub(crate) fn write_output(
             crate::st_write::plain_permissions(&tmp.join(f))?;
         }
     }
-    checkpoint::remove_checkpoints(tmp)?;
-    if o.out.exists() {
-        std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot replace", o.out.display()))?;
-    }
-    std::fs::rename(tmp, &o.out).with_context(|| format!("{}: cannot move output into place", o.out.display()))?;
-    Ok(())
+    checkpoint::remove_checkpoints(tmp)
 }
 
 fn check_finite(v: &[f32], what: &str) -> Result<()> {
@@ -851,33 +1028,65 @@ fn check_finite(v: &[f32], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every weight of a layer read from the model is finite: linears, biases and norms.
 pub(crate) fn check_finite_layer(lw: &LayerWeights) -> Result<()> {
+    let p = format!("model.layers.{}", lw.index);
     for l in &lw.linears {
-        check_finite(&l.w, &format!("model.layers.{}.{}.weight", lw.index, l.spec.name))?;
+        check_finite(&l.w, &format!("{p}.{}.weight", l.spec.name))?;
+        if let Some(b) = &l.bias {
+            check_finite(b, &format!("{p}.{}.bias", l.spec.name))?;
+        }
+    }
+    check_finite(&lw.input_norm, &format!("{p}.input_layernorm.weight"))?;
+    check_finite(&lw.post_norm, &format!("{p}.post_attention_layernorm.weight"))
+}
+
+/// Every float tensor of the output is finite (a non-finite source weight, or a finite one that
+/// overflows --float-dtype f16, would otherwise be written and only show up as NaN at eval).
+pub(crate) fn check_finite_output(tensors: &[OutTensor]) -> Result<()> {
+    for t in tensors {
+        if let Some(i) = crate::weights::first_non_finite(t.dtype, &t.data) {
+            bail!(
+                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (choose a wider float type)",
+                escape::text(&t.name),
+                t.dtype
+            );
+        }
     }
     Ok(())
 }
 
-/// A digest of everything the output depends on: the model's config and tensor headers, the
-/// calibration tokens and every option. A resume with other inputs is refused.
+/// A digest of everything the output depends on: every byte of the model's files (config,
+/// tokenizer files, every safetensors shard) and of the calibration text, the calibration
+/// tokens, every option, and lowbit's version. A resume with other inputs is refused.
 fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, tokens: &[u32]) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(
-        std::fs::read(model_dir.join("config.json"))
-            .with_context(|| format!("{}: cannot read", model_dir.join("config.json").display()))?,
-    );
-    for (name, info) in ck.tensors() {
-        h.update(format!("{name}:{:?}:{:?};", info.dtype, info.shape));
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // Every piece length-prefixed, so no two different inputs concatenate to the same stream.
+    let mut put = |tag: &str, bytes: &[u8]| {
+        h.update(&(tag.len() as u64).to_le_bytes());
+        h.update(tag.as_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put("lowbit", format!("{}|{}", env!("CARGO_PKG_VERSION"), checkpoint::FORMAT).as_bytes());
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        let p = model_dir.join(f);
+        match std::fs::read(&p) {
+            Ok(b) => put(f, &b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => put(f, b"(absent)"),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", escape::path(&p))),
+        }
     }
-    // Tensor contents: sampled, so fingerprinting stays cheap on big checkpoints.
-    for name in ck.names().step_by(7) {
-        let (_, b) = ck.raw(name)?;
-        h.update(&b[..b.len().min(4096)]);
+    for (path, bytes) in ck.files() {
+        put(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), bytes);
+        ck.release_pages();
     }
-    h.update(tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+    if let Some(c) = &o.calib {
+        put("calib", &std::fs::read(c).with_context(|| format!("{}: cannot read", escape::path(c)))?);
+    }
+    put("tokens", &tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
     let opts = format!(
-        "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+        "{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}|{}|{}|{}|{:?}",
         o.method,
         o.bits,
         o.group_size,
@@ -889,17 +1098,21 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         o.search_tokens,
         o.overrides.iter().map(|v| format!("{}={:?}:{}:{:?}", v.pattern, v.method, v.bits, v.group_size)).collect::<Vec<_>>(),
         o.skip.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>(),
-        o.seed
+        o.seed,
+        o.vptq,
+        o.act_order,
+        o.static_groups,
+        o.propagate_fp,
+        o.aware_weight
     );
-    h.update(opts.as_bytes());
-    h.update(
-        format!(
-            "{:?}|{}|{}|{}|{:?}|{:?}|{}",
-            o.vptq, o.act_order, o.static_groups, o.propagate_fp, o.aware_weight, o.awq_range, o.awq_symmetric_clip
-        )
-        .as_bytes(),
+    put("options", opts.as_bytes());
+    put(
+        "gguf options",
+        format!("{:?}|{:?}|{:?}|{:?}", o.gguf_type, o.token_embd_type, o.output_type, o.overrides.iter().map(|v| v.ty).collect::<Vec<_>>())
+            .as_bytes(),
     );
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    put("awq options", format!("{:?}|{}", o.awq_range, o.awq_symmetric_clip).as_bytes());
+    Ok(format!("{:032x}", h.digest128()))
 }
 
 /// Per-module metadata of a lowbit output, for inspect.

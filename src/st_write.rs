@@ -1,6 +1,7 @@
 //! Writing safetensors files: tensors are given as raw little-endian bytes with a dtype and shape.
-//! Files are written to a temporary name beside the destination and renamed at the end, so a
-//! crash never leaves a half-written file under the final name.
+//! Files are written to a temporary name beside the destination, flushed to disk (fsync), renamed
+//! at the end and the directory flushed, so a crash or power loss never leaves a half-written
+//! file under the final name.
 
 use anyhow::{Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
@@ -56,17 +57,39 @@ pub fn write_safetensors(path: &Path, tensors: &[OutTensor], metadata: Option<Ha
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(views, metadata, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
     plain_permissions(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
+    sync_file(&tmp)?;
+    rename_synced(&tmp, path)
 }
 
-/// Write a file atomically (temp + rename).
+/// Write a file atomically (temp + fsync + rename + fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    drop(f);
+    rename_synced(&tmp, path)
+}
+
+/// Rename `from` to `to` and flush the directory entry.
+fn rename_synced(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).with_context(|| format!("{}: cannot rename into place", to.display()))?;
+    sync_dir(to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+}
+
+/// Flush a file's data to disk.
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("{}: cannot flush to disk", path.display()))
+}
+
+/// Flush a directory's entries (new names, renames, removals) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("{}: cannot flush to disk", dir.display()))?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use crate::checkpoint::Checkpointer;
 use crate::eval::{self, Convention, EvalResult};
 use crate::model::Model;
+use crate::outdir::{OutDir, Source};
 use crate::quant::vptq::VptqConfig;
 use crate::quantize::{self, LinearPlan, Method, Options};
 use crate::stats::Needs;
@@ -166,9 +167,6 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
 /// Run the sweep; `progress(done, total, what)` reports both phases.
 pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Report> {
     let out = &s.base.out;
-    if out.exists() && !s.base.force {
-        bail!("{}: output directory exists (use --force to replace it)", out.display());
-    }
     if let Some(c) = &s.base.calib {
         let same = match (std::fs::canonicalize(c), std::fs::canonicalize(&s.eval_text)) {
             (Ok(a), Ok(b)) => a == b,
@@ -180,33 +178,30 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
     }
     let model = Model::open_dense(model_dir)?;
     if model.cfg.raw.get("quantization_config").is_some() {
-        bail!("{}: already quantized (has quantization_config)", model_dir.display());
+        bail!("{}: already quantized (has quantization_config)", crate::escape::path(model_dir));
     }
+    let at = |e: anyhow::Error| anyhow::anyhow!("{}: {e}", model_dir.display());
+    model.cfg.check_positions(s.eval_ctx, "--eval-ctx").map_err(at)?;
+    if s.base.calib.is_some() {
+        model.cfg.check_positions(s.base.calib_seqlen, "--calib-seqlen").map_err(at)?;
+    }
+    // The output is checked against the inputs and locked before any work.
+    let mut inputs = vec![Source::new(model_dir, "model directory"), Source::new(&s.eval_text, "eval text")];
+    if let Some(c) = &s.base.calib {
+        inputs.push(Source::new(c, "calibration text"));
+    }
+    let mut od = OutDir::begin(out, "sweep", s.base.force, &inputs)?;
+    quantize::check_finite_tail(&model)?;
     let tok = Tokenizer::from_dir(model_dir)?;
     // The eval windows first: a bad eval text fails before any work.
     let text = crate::calib::read_text(&s.eval_text)?;
     let windows = eval::make_windows(&tok, &text, &s.eval_text.display().to_string(), s.eval_ctx, s.convention, s.max_windows)?;
     drop(text);
 
-    let tmp = quantize::partial_dir(out);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale partial output", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let r = run(model_dir, &model, &tok, &windows, s, &tmp, progress);
-    match r {
-        Ok(rep) => {
-            if out.exists() {
-                std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
-            }
-            std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot move output into place", out.display()))?;
-            Ok(rep)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    let tmp = od.create_tmp()?.to_path_buf();
+    let rep = run(model_dir, &model, &tok, &windows, s, &tmp, progress)?;
+    od.commit()?;
+    Ok(rep)
 }
 
 fn run(
@@ -245,14 +240,14 @@ fn run(
             }
             o.out = tmp.join(&name);
             let plans = quantize::plan_layers(model, &o)?;
-            let dir = quantize::partial_dir(&o.out);
-            std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+            let dir = tmp.join(format!(".{name}.partial"));
+            std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
             records.push(Record { dir: Some(name.clone()), ..empty_record(&o) });
             combos.push(Combo {
                 name,
                 o,
                 plans,
-                ckpt: Checkpointer { dir, fingerprint: String::new() },
+                ckpt: Checkpointer::new(&dir, ""),
                 bits: 0,
                 weights: 0,
                 meta: Default::default(),
@@ -270,6 +265,7 @@ fn run(
         combos.iter().flat_map(|k| k.plans.iter().flatten().flatten().map(|p| p.method.needs(&k.o))).fold(Needs::default(), Needs::union);
     let (tokens, seqlen) = match (&s.base.calib, needs.any()) {
         (Some(p), true) => {
+            crate::calib::check_budget(s.base.calib_samples, s.base.calib_seqlen, c.hidden_size)?;
             (crate::calib::sample_tokens(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
         }
         _ => (Vec::new(), 0),
@@ -309,7 +305,12 @@ fn run(
             tensors.extend(k.ckpt.read_layer(i)?);
         }
         tensors.extend(tail.iter().cloned());
+        quantize::check_finite_output(&tensors).with_context(|| k.name.clone())?;
         quantize::write_output(model_dir, model, &k.o, &k.ckpt.dir, &tensors, &k.meta, &k.plans)?;
+        // Each checkpoint is a lowbit output of its own (manifest included), moved into place
+        // inside the sweep's temporary directory.
+        crate::outdir::write_manifest(&k.ckpt.dir, "quantize")?;
+        std::fs::rename(&k.ckpt.dir, &k.o.out).with_context(|| format!("{}: cannot move into place", k.o.out.display()))?;
         k.seconds += t.elapsed().as_secs_f64();
     }
     drop(tail);
@@ -319,7 +320,6 @@ fn run(
     // under `score_memory` (one pass for small models; the float reference reruns per pass).
     let tables = c.vocab_size * c.hidden_size * 4 * if c.tie_word_embeddings { 1 } else { 2 };
     let per_pass = (s.score_memory / tables.max(1)).max(1);
-    let n = windows.windows.len();
     let passes = combos.len().div_ceil(per_pass);
     let t_eval = Instant::now();
     let mut fp = None;
@@ -328,8 +328,8 @@ fn run(
         let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
         let refs: Vec<&Model> = opened.iter().collect();
         let what = if passes > 1 { format!("scoring {}/{passes}", p + 1) } else { "scoring".to_string() };
-        progress(0, n, &what);
-        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |w| progress(w, n, &what))?;
+        let what = format!("{what} tokens");
+        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| progress(done, total, &what))?;
         fp = fp.or(f);
         results.extend(r);
     }

@@ -69,6 +69,18 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     })
 }
 
+/// The index of the first value of little-endian F32/F16/BF16 `bytes` that is not finite (NaN or
+/// ±inf), if any; other dtypes have none.
+pub fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
+    match dtype {
+        // All exponent bits set.
+        Dtype::F32 => bytes.chunks_exact(4).position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        Dtype::F16 => bytes.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => bytes.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => None,
+    }
+}
+
 /// A set of memory-mapped safetensors files addressed by tensor name.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -135,7 +147,7 @@ impl Checkpoint {
     }
 
     fn add_shard(&mut self, path: PathBuf, bytes: FileBytes) -> Result<()> {
-        let p = path.display();
+        let p = crate::escape::path(&path);
         if bytes.len() < 8 {
             bail!("{p}: truncated safetensors file ({} bytes, no header)", bytes.len());
         }
@@ -149,23 +161,29 @@ impl Checkpoint {
         let data_len = bytes.len() - data_start;
         let shard = self.shards.len();
         for (name, info) in meta.tensors() {
+            let n = crate::escape::text(&name);
             let dtype = info.dtype;
-            let size = dtype_size(dtype).ok_or_else(|| anyhow!("{p}: tensor {name} has unsupported dtype {dtype:?}"))?;
+            let size = dtype_size(dtype).ok_or_else(|| anyhow!("{p}: tensor {n} has unsupported dtype {dtype:?}"))?;
             let (start, end) = info.data_offsets;
             let nbytes = info.shape.iter().try_fold(size, |n, &d| n.checked_mul(d));
             if end < start || Some(end - start) != nbytes {
-                bail!("{p}: tensor {name}: byte range {start}..{end} does not match shape {:?} of {dtype:?}", info.shape);
+                bail!("{p}: tensor {n}: byte range {start}..{end} does not match shape {:?} of {dtype:?}", info.shape);
             }
             if end > data_len {
-                bail!("{p}: tensor {name}: data offsets {start}..{end} out of range (file has {data_len} data bytes; truncated?)");
+                bail!("{p}: tensor {n}: data offsets {start}..{end} out of range (file has {data_len} data bytes; truncated?)");
             }
             if self.tensors.contains_key(&name) {
-                bail!("{p}: tensor {name} is also stored in another shard");
+                bail!("{p}: tensor {n} is also stored in another shard");
             }
             self.tensors.insert(name, TensorInfo { dtype, shape: info.shape.clone(), shard, start, end });
         }
         self.shards.push(Shard { path, bytes, data_start });
         Ok(())
+    }
+
+    /// Every safetensors file of the checkpoint with all its bytes (header included).
+    pub fn files(&self) -> impl Iterator<Item = (&Path, &[u8])> {
+        self.shards.iter().map(|s| (s.path.as_path(), &s.bytes[..]))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -32,7 +32,7 @@ fn tinystories_ppl_matches_transformers() {
     let tok = Tokenizer::from_dir(&stories()).unwrap();
     let text = lowbit::calib::read_text(&tinystories_text()).unwrap();
     let w = make_windows(&tok, &text, "tinystories", 256, Convention::Windows, None).unwrap();
-    let r = perplexity(&model, &w, &mut |_| {}).unwrap();
+    let r = perplexity(&model, &w, &mut |_, _| {}).unwrap();
     eprintln!("ppl {}", r.ppl);
     assert!((r.ppl / 5.7351 - 1.0).abs() <= 1e-3, "ppl {} vs transformers 5.7351", r.ppl);
 }

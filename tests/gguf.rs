@@ -229,7 +229,7 @@ fn import_builds_output_with_f16_and_respects_force() {
 
     // Existing output: refused without force, naming the path.
     let e = import_gguf(&gg, &out, &opts).unwrap_err().to_string();
-    assert!(e.contains("already exists") && e.contains("out"), "{e}");
+    assert!(e.contains("exists (use --force") && e.contains("out"), "{e}");
     // With force and a given config: replaced, config copied verbatim.
     let opts = ImportOptions { force: true, config: Some(stories("config.json")), ..Default::default() };
     let rep = import_gguf(&gg, &out, &opts).unwrap();
@@ -321,12 +321,12 @@ fn quantized_tensors_in_a_file() {
 fn unsupported_type_names_tensor_and_type() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Builder::new();
-    b.tensor("blk.0.ffn_up.weight", &[256, 1], 12, &[0u8; 144]); // one Q4_K block
+    b.tensor("blk.0.ffn_up.weight", &[256, 1], 23, &[0u8; 136]); // one IQ4_XS block
     let p = write(dir.path(), "k.gguf", &b.build());
     let g = Gguf::open(&p).unwrap();
-    assert_eq!(g.tensors()[0].ty.name(), "Q4_K");
+    assert_eq!(g.tensors()[0].ty.name(), "IQ4_XS");
     let e = g.tensor_f32("blk.0.ffn_up.weight").unwrap_err().to_string();
-    assert!(e.contains("k.gguf") && e.contains("blk.0.ffn_up.weight") && e.contains("Q4_K"), "{e}");
+    assert!(e.contains("k.gguf") && e.contains("blk.0.ffn_up.weight") && e.contains("IQ4_XS"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,4 +720,79 @@ fn import_errors_name_the_file() {
     let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["arch.gguf", "nometa.gguf", "o", "weird.gguf"], "no temp dirs left behind");
+}
+
+/// Keys, values and tensor names from a GGUF file reach messages escaped and cut short: a 2 MB
+/// string with terminal control sequences where a count belongs, a huge array, a tensor name
+/// with ESC/BEL/CR/NUL. The CLI's error is one short line without a raw control character.
+#[test]
+fn untrusted_gguf_text_is_escaped_and_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = format!("\u{1b}[2J\u{7}\r\0{}", "A".repeat(2 << 20));
+    let cases: Vec<(&str, Builder, &str)> = vec![
+        (
+            "string where a count belongs",
+            {
+                let mut b = Builder::new();
+                b.str("general.architecture", "llama").str("llama.attention.head_count", &evil).f32_tensor(
+                    "token_embd.weight",
+                    &[1, 1],
+                    &[0.0],
+                );
+                b
+            },
+            "metadata llama.attention.head_count: expected",
+        ),
+        (
+            "huge array where a count belongs",
+            {
+                let mut b = Builder::new();
+                let many: Vec<String> = (0..200_000).map(|i| format!("tok{i}")).collect();
+                let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+                b.str("general.architecture", "llama").str_array("llama.attention.head_count", &refs).f32_tensor(
+                    "token_embd.weight",
+                    &[1, 1],
+                    &[0.0],
+                );
+                b
+            },
+            "metadata llama.attention.head_count: expected",
+        ),
+        (
+            "tensor name",
+            {
+                let mut b = Builder::new();
+                b.str("general.architecture", "llama")
+                    .u32("llama.attention.head_count", 1)
+                    .f32_tensor("token_embd.weight", &[1, 1], &[0.0])
+                    .f32_tensor(&format!("blk.0.\u{1b}]0;pwned\u{7}\r\0{}", "x".repeat(100_000)), &[1], &[0.0]);
+                b
+            },
+            "has no Hugging Face Llama equivalent",
+        ),
+        (
+            "architecture",
+            {
+                let mut b = Builder::new();
+                b.str("general.architecture", &evil).f32_tensor("token_embd.weight", &[1, 1], &[0.0]);
+                b
+            },
+            "not supported (only llama)",
+        ),
+    ];
+    for (i, (what, b, frag)) in cases.into_iter().enumerate() {
+        let p = write(dir.path(), &format!("evil{i}.gguf"), &b.build());
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
+            .args(["import-gguf", p.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", &err[..err.len().min(500)]);
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{what}: no error line"));
+        assert!(line.contains(frag), "{what}: {}", &line[..line.len().min(500)]);
+        assert!(line.len() < 2000, "{what}: error line is {} bytes", line.len());
+        assert!(!err.trim_end_matches('\n').chars().any(|c| c.is_control() && c != '\n'), "{what}: raw control character");
+        assert!(!line.contains('\u{1b}') && (what.contains("array") || line.contains("\\u{1b}")), "{what}: {line}");
+        assert!(!dir.path().join("o").exists());
+    }
 }

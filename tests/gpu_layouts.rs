@@ -1,9 +1,10 @@
-//! The GPU runner's view of every packed layout (src/cuda.rs decodes the same bytes on the host
-//! for its reference) agrees with the packers of src/pack/: two decoders written separately from
+//! The GPU runner's view of every packed layout (src/cuda/reference.rs decodes the same bytes on
+//! the host for its reference) agrees with the packers of src/pack/: two decoders written separately from
 //! the docs must give the same weights. No GPU needed.
 mod common;
 use common::*;
-use lowbit::qmodel::{QuantScheme, Stored};
+use lowbit::cuda::PackedOnGpu;
+use lowbit::qmodel::QuantScheme;
 use lowbit::weights::Checkpoint;
 use std::process::Command;
 
@@ -41,10 +42,7 @@ fn gpu_layout_decoders_agree_with_packers() {
         assert!(!prefixes.is_empty(), "{name}: nothing packed");
         for p in prefixes {
             let stored = scheme.read_any(&ck, &p).unwrap().unwrap();
-            let gpu = match &stored {
-                Stored::Group(g) => lowbit::verify::to_gpu(g),
-                Stored::Vq(v) => lowbit::verify::vq_to_gpu(v).unwrap(),
-            };
+            let gpu = PackedOnGpu::from(&stored);
             gpu.validate().unwrap();
             let (a, b) = (stored.dequantize().unwrap(), gpu.dequantize());
             assert_eq!(a.len(), b.len(), "{name} {p}");

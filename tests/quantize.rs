@@ -102,9 +102,12 @@ fn bad_quantize_input() {
         expect_refusal(&a, frag);
         assert!(!out.exists());
     };
-    run(&["--bits", "9"], "--bits must be between 2 and 8");
-    run(&["--bits", "1"], "--bits must be between 2 and 8");
+    run(&["--bits", "9"], "9 is not in 2..=8");
+    run(&["--bits", "1"], "1 is not in 2..=8");
+    run(&["--bits", "300"], "300 is not in 2..=8");
     run(&["--group-size", "0"], "--group-size");
+    run(&["--calib-samples", "0"], "--calib-samples");
+    run(&["--calib-seqlen", "1"], "--calib-seqlen");
     run(&["--format", "awq", "--bits", "3"], "4-bit only");
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
@@ -115,8 +118,11 @@ fn bad_quantize_input() {
         &["quantize", "--model", m, "--out", o, "--calib", short.to_str().unwrap(), "--calib-seqlen", "64"],
         "short.txt: calibration text has",
     );
+    // A directory lowbit did not write: refused, and the hint does not point at --force.
     std::fs::create_dir_all(&out).unwrap();
-    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "exists (use --force");
+    expect_refusal(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"], "not written by lowbit");
+    let (_, _, err) = lowbit(&["quantize", "--model", m, "--out", o, "--calib", &c, "--method", "rtn"]);
+    assert!(!err.contains("use --force"), "{err}");
 }
 
 /// Calibration text shorter than --calib-samples × --calib-seqlen is the documented downgrade:

@@ -15,6 +15,7 @@
 //! when the words are stored little-endian).
 
 pub mod awq;
+pub mod gguf;
 pub mod gptq;
 pub mod lowbit;
 pub mod vq;

@@ -72,13 +72,46 @@ pub struct GptqConfig {
     /// `HalfInt` (StatsQ) / `Shift` grids, whose group scales come from the aware StatsQ / shift
     /// search weighted by `diag(H)` (`gptq+statsq`, `gptq+shift`).
     pub grid: Grid,
+    /// [`gptq_on`]: also quantize without error feedback for [`GptqReport::rtn_error`] (NaN
+    /// otherwise; [`gptq`] always reports it).
+    pub report_baseline: bool,
 }
 
 impl GptqConfig {
     /// GPTQ's defaults: no act-order, groups refitted in walk order, damp 0.01, blocks of 128.
     pub fn new(bits: u8, group_size: usize, sym: bool) -> Self {
-        Self { bits, group_size, sym, act_order: false, static_groups: false, damp: 0.01, block: 128, grid: Grid::Affine }
+        Self {
+            bits,
+            group_size,
+            sym,
+            act_order: false,
+            static_groups: false,
+            damp: 0.01,
+            block: 128,
+            grid: Grid::Affine,
+            report_baseline: true,
+        }
     }
+}
+
+/// The grid GPTQ's column walk rounds to: how a group's parameters are fitted, which code a
+/// value gets and which value a code stands for. `k` is the column's position inside its group.
+/// [`ColumnGrid`] is the affine / zero-free grid of [`GroupQ`]; the GGUF block grids
+/// ([`super::gguf::BlockGrid`]) fit a whole block at its first column and refit each sub-block's
+/// integer scale when the walk enters it.
+pub trait WalkGrid: Sync {
+    type Params: Clone + Send + Sync;
+    /// Columns that share fitted parameters.
+    fn group(&self) -> usize;
+    /// Columns of a sub-group whose parameters [`WalkGrid::refit_sub`] may refit on the updated
+    /// weights when the walk enters it (the group itself by default: no refit).
+    fn sub(&self) -> usize {
+        self.group()
+    }
+    fn fit(&self, v: &[f32], imp: &[f32]) -> Self::Params;
+    fn refit_sub(&self, _p: &mut Self::Params, _s: usize, _v: &[f32], _imp: &[f32]) {}
+    fn code(&self, w: f32, p: &Self::Params, k: usize) -> u8;
+    fn value(&self, code: u8, p: &Self::Params, k: usize) -> f32;
 }
 
 /// One group's fitted parameters, the code of a value and the value of a code, on the grid of
@@ -88,9 +121,14 @@ struct ColumnGrid {
     grid: Grid,
     bits: u8,
     sym: bool,
+    group: usize,
 }
 
-impl ColumnGrid {
+impl WalkGrid for ColumnGrid {
+    type Params = Params;
+    fn group(&self) -> usize {
+        self.group
+    }
     fn fit(&self, v: &[f32], imp: &[f32]) -> Params {
         let (b, n) = (self.bits, v.len());
         match self.grid {
@@ -101,19 +139,21 @@ impl ColumnGrid {
     }
 
     #[inline]
-    fn code(&self, w: f32, p: Params) -> u8 {
+    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
         match self.grid {
-            Grid::Affine => rtn::quantize_value(w, p, self.bits),
+            Grid::Affine => rtn::quantize_value(w, *p, self.bits),
             Grid::HalfInt => statsq::statsq_code(w, p.scale, self.bits),
             Grid::Shift => shift::shift_code(w, p.scale, self.bits),
         }
     }
 
     #[inline]
-    fn value(&self, code: u8, p: Params) -> f32 {
+    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
         grid_value(self.grid, self.bits, code, p.scale, p.zero)
     }
+}
 
+impl ColumnGrid {
     /// The same weight quantized group by group without error feedback (the report's baseline).
     fn baseline(&self, w: &[f32], out: usize, inn: usize, group: usize, imp: &[f32]) -> GroupQ {
         match self.grid {
@@ -142,21 +182,126 @@ pub struct GptqReport {
 pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> Result<(GroupQ, GptqReport)> {
     let t0 = Instant::now();
     let (n, bits, g) = (inn, cfg.bits, cfg.group_size);
+    ensure!((1..=8).contains(&bits), "gptq: bits must be in 1..=8, got {bits}");
+    ensure!(cfg.grid == Grid::Affine || bits >= 2, "gptq: the {:?} grid needs at least 2 bits", cfg.grid);
+    let cg = ColumnGrid { grid: cfg.grid, bits, sym: cfg.sym, group: g };
+    let mut wk = walk(w, out, inn, h, cfg, &cg)?;
+    let ng = n.div_ceil(g.max(1));
+    let mut q = GroupQ {
+        out_features: out,
+        in_features: n,
+        bits,
+        group_size: g,
+        grid: cfg.grid,
+        codes: std::mem::take(&mut wk.codes),
+        scales: wk.params.iter().map(|p| p.scale).collect(),
+        zeros: wk.params.iter().map(|p| p.zero).collect(),
+        g_idx: None,
+    };
+    debug_assert_eq!(q.scales.len(), out * ng);
+    if cfg.act_order && !cfg.static_groups && ng > 1 {
+        // Groups follow walk order: original column perm[j] is in group j / g.
+        let mut g_idx = vec![0u32; n];
+        for (j, &col) in wk.perm.iter().enumerate() {
+            g_idx[col] = (j / g) as u32;
+        }
+        q.g_idx = Some(g_idx);
+    }
+    let h_weighted_error = wk.err_sq - wk.lambda * wk.sq_norm(w, &q.dequantize());
+    let rtn_q = cg.baseline(w, out, n, g, &wk.imp).dequantize();
+    let rtn_error = l_error(w, &rtn_q, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &rtn_q);
+    Ok((q, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
+}
+
+/// GPTQ's walk on any [`WalkGrid`] (the GGUF block grids): the codes `[out][inn]`, the fitted
+/// parameters `[out][inn / group]` (groups in natural column order: act-order needs
+/// `static_groups`, since the grid has no g_idx) and the error report (the baseline is the grid's
+/// own fit on the original weight, without error feedback). `cfg.group_size` is ignored.
+pub fn gptq_on<G: WalkGrid>(
+    w: &[f32],
+    out: usize,
+    inn: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+    grid: &G,
+) -> Result<(Vec<u8>, Vec<G::Params>, GptqReport)> {
+    let t0 = Instant::now();
+    let g = grid.group();
+    ensure!(!cfg.act_order || cfg.static_groups, "gptq: act-order on a grid without g_idx needs static groups");
+    ensure!(g > 0 && inn.is_multiple_of(g), "gptq: {inn} columns do not split into groups of {g}");
+    let wk = walk(w, out, inn, h, cfg, grid)?;
+    let ng = inn / g;
+    let deq_of = |codes: &[u8], params: &[G::Params]| -> Vec<f32> {
+        let mut d = vec![0f32; out * inn];
+        d.par_chunks_mut(inn).enumerate().for_each(|(r, row)| {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = grid.value(codes[r * inn + c], &params[r * ng + c / g], c % g);
+            }
+        });
+        d
+    };
+    let deq = deq_of(&wk.codes, &wk.params);
+    let h_weighted_error = wk.err_sq - wk.lambda * wk.sq_norm(w, &deq);
+    if !cfg.report_baseline {
+        return Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error: f64::NAN, seconds: t0.elapsed().as_secs_f64() }));
+    }
+    // Baseline: the grid's fit of every group of the original weight, nearest codes.
+    let mut base_params = Vec::with_capacity(out * ng);
+    let mut base_codes = vec![0u8; out * inn];
+    for r in 0..out {
+        let row = &w[r * inn..(r + 1) * inn];
+        for k in 0..ng {
+            let p = grid.fit(&row[k * g..(k + 1) * g], &wk.imp[k * g..(k + 1) * g]);
+            for c in k * g..(k + 1) * g {
+                base_codes[r * inn + c] = grid.code(row[c], &p, c - k * g);
+            }
+            base_params.push(p);
+        }
+    }
+    let base = deq_of(&base_codes, &base_params);
+    let rtn_error = l_error(w, &base, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &base);
+    Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
+}
+
+/// What the column walk leaves: codes, per-(row, group) parameters and what the error reports need.
+struct Walk<P> {
+    codes: Vec<u8>,
+    params: Vec<P>,
+    /// Σ err² over the walk (GPTQ's own loss in the damped metric).
+    err_sq: f64,
+    lambda: f64,
+    perm: Vec<usize>,
+    dead: Vec<bool>,
+    imp: Vec<f32>,
+    l: Mat<f64>,
+}
+
+impl<P> Walk<P> {
+    /// `‖W − deq‖²` over live channels.
+    fn sq_norm(&self, w: &[f32], deq: &[f32]) -> f64 {
+        let n = self.dead.len();
+        w.chunks(n)
+            .zip(deq.chunks(n))
+            .map(|(a, b)| (0..n).filter(|&i| !self.dead[i]).map(|i| (a[i] as f64 - b[i] as f64).powi(2)).sum::<f64>())
+            .sum()
+    }
+}
+
+fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig, cg: &G) -> Result<Walk<G::Params>> {
+    let (n, g) = (inn, cg.group());
     ensure!(out > 0 && n > 0, "gptq: empty weight ({out}x{n})");
     ensure!(w.len() == out * n, "gptq: weight has {} values, expected {out}x{n}", w.len());
     ensure!(h.len() == n * n, "gptq: Hessian has {} values, expected {n}x{n}", h.len());
-    ensure!((1..=8).contains(&bits), "gptq: bits must be in 1..=8, got {bits}");
-    ensure!(cfg.grid == Grid::Affine || bits >= 2, "gptq: the {:?} grid needs at least 2 bits", cfg.grid);
     ensure!(g > 0 && cfg.block > 0, "gptq: group size and block size must be at least 1");
     ensure!(cfg.damp.is_finite() && cfg.damp >= 0.0, "gptq: damp must be finite and >= 0, got {}", cfg.damp);
     ensure!(w.iter().all(|v| v.is_finite()), "gptq: weight has non-finite values");
     ensure!(h.iter().all(|v| v.is_finite()), "gptq: Hessian has non-finite values");
     let ng = n.div_ceil(g);
+    let sub = cg.sub().clamp(1, g);
 
     // Dead channels, walk order, damped Hessian in walk order, and U = chol(H⁻¹)ᵀ.
     let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
     let diag = |i: usize| if dead[i] { 1.0 } else { h[i * n + i] };
-    let cg = ColumnGrid { grid: cfg.grid, bits, sym: cfg.sym };
     // diag(H) per original column (0 on dead ones), the zero-free grids' importance.
     let imp: Vec<f32> = (0..n).map(|i| if dead[i] { 0.0 } else { h[i * n + i] as f32 }).collect();
     let mut perm: Vec<usize> = (0..n).collect();
@@ -177,6 +322,8 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
     // Walk order: group of walk position j, and whether params are refitted there.
     let refit = !cfg.static_groups;
     let group_at = |j: usize| if refit { j / g } else { perm[j] / g };
+    // Position of walk column j inside its group.
+    let pos_at = |j: usize| if refit { j % g } else { perm[j] % g };
     // A whole number of groups per block, so refits see fully updated weights (module docs).
     let bs = if refit && ng > 1 {
         if g >= cfg.block {
@@ -188,24 +335,14 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
         cfg.block
     };
 
-    let mut q = GroupQ {
-        out_features: out,
-        in_features: n,
-        bits,
-        group_size: g,
-        grid: cfg.grid,
-        codes: vec![0; out * n],
-        scales: vec![0.0; out * ng],
-        zeros: vec![0; out * ng],
-        g_idx: None,
-    };
+    let mut codes_all = vec![0u8; out * n];
+    let mut params_all: Vec<Option<G::Params>> = vec![None; out * ng];
     // Σ err² per chunk, err_j = (w_j - q_j) / U[j][j] (see the error report below).
-    let err_sq: Vec<f64> = q
-        .codes
+    let err_sq: Vec<f64> = codes_all
         .par_chunks_mut(ROWS * n)
-        .zip(q.scales.par_chunks_mut(ROWS * ng).zip(q.zeros.par_chunks_mut(ROWS * ng)))
+        .zip(params_all.par_chunks_mut(ROWS * ng))
         .enumerate()
-        .map(|(c, (codes, (scales, zeros)))| {
+        .map(|(c, (codes, params))| {
             let m = codes.len() / n;
             let w = &w[c * ROWS * n..(c * ROWS + m) * n];
             // This chunk's rows in walk order, dead channels zeroed.
@@ -219,12 +356,11 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
                     }
                 })
                 .collect();
-            let mut params = vec![Params { scale: 1.0, zero: 0 }; m * ng];
             if !refit {
                 for (r, row) in w.chunks(n).enumerate() {
                     let row: Vec<f32> = row.iter().enumerate().map(|(i, &v)| if dead[i] { 0.0 } else { v }).collect();
                     for (k, (a, b)) in rtn::groups(n, g).enumerate() {
-                        params[r * ng + k] = cg.fit(&row[a..b], &imp[a..b]);
+                        params[r * ng + k] = Some(cg.fit(&row[a..b], &imp[a..b]));
                     }
                 }
             }
@@ -241,12 +377,18 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
                             let end = (j + g).min(n);
                             let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
                             let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
-                            params[k] = cg.fit(&cur, &cur_imp);
+                            params[k] = Some(cg.fit(&cur, &cur_imp));
+                        } else if refit && j % sub == 0 {
+                            let end = (j + sub).min(n);
+                            let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
+                            let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
+                            cg.refit_sub(params[k].as_mut().expect("group fitted"), (j % g) / sub, &cur, &cur_imp);
                         }
-                        let p = params[k];
-                        let code = cg.code(row[j] as f32, p);
+                        let p = params[k].as_ref().expect("group fitted");
+                        let pos = pos_at(j);
+                        let code = cg.code(row[j] as f32, p, pos);
                         codes[r * n + perm[j]] = code;
-                        let e = (row[j] - cg.value(code, p) as f64) / u[j * n + j];
+                        let e = (row[j] - cg.value(code, p, pos) as f64) / u[j * n + j];
                         err[r * b + j - i1] = e;
                         for (x, &hij) in row[j + 1..i2].iter_mut().zip(&u[j * n + j + 1..j * n + i2]) {
                             *x -= e * hij;
@@ -262,37 +404,17 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
                 }
                 err_sq += err[..m * b].iter().map(|e| e * e).sum::<f64>();
             }
-            for (k, p) in params.iter().enumerate() {
-                scales[k] = p.scale;
-                zeros[k] = p.zero;
-            }
             err_sq
         })
         .collect();
-    if cfg.act_order && refit && ng > 1 {
-        // Groups follow walk order: original column perm[j] is in group j / g.
-        let mut g_idx = vec![0u32; n];
-        for (j, &col) in perm.iter().enumerate() {
-            g_idx[col] = (j / g) as u32;
-        }
-        q.g_idx = Some(g_idx);
-    }
+    let params = params_all.into_iter().map(|p| p.expect("every group fitted")).collect();
 
     // Errors in the undamped metric through the damped H_d = H + λI (dead diagonals 1 + λ, where
     // E is taken as zero): tr(E·H·Eᵀ) = tr(E·H_d·Eᵀ) - λ‖E‖². For GPTQ, E = Err·U exactly
     // (column k receives err_j·U[j][k] from every j < k, so w_k - q_k = Σ_{j≤k} err_j·U[j][k]),
     // and H_d = U⁻¹·U⁻ᵀ gives tr(E·H_d·Eᵀ) = ‖Err‖²: GPTQ's own loss, at no extra cost. For RTN,
     // tr(E·H_d·Eᵀ) = ‖E·L‖² with H_d = L·Lᵀ, half the work of E·H.
-    let sq_norm = |deq: &[f32]| -> f64 {
-        w.chunks(n)
-            .zip(deq.chunks(n))
-            .map(|(a, b)| (0..n).filter(|&i| !dead[i]).map(|i| (a[i] as f64 - b[i] as f64).powi(2)).sum::<f64>())
-            .sum()
-    };
-    let h_weighted_error = err_sq.iter().sum::<f64>() - lambda * sq_norm(&q.dequantize());
-    let rtn_q = cg.baseline(w, out, n, g, &imp).dequantize();
-    let rtn_error = l_error(w, &rtn_q, &perm, &dead, &l) - lambda * sq_norm(&rtn_q);
-    Ok((q, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
+    Ok(Walk { codes: codes_all, params, err_sq: err_sq.iter().sum(), lambda, perm, dead, imp, l })
 }
 
 /// The damped Hessian's Cholesky factor `L` (`H_d = L·Lᵀ`, for the error report) and the upper

@@ -2,6 +2,7 @@
 //! `[out_features, in_features]` (row-major, as stored in HF checkpoints) into a [`QTensor`].
 
 pub mod awq;
+pub mod gguf;
 pub mod gptq;
 pub mod kmeans;
 pub mod rtn;
@@ -131,6 +132,8 @@ pub struct VqQ {
 pub enum QTensor {
     Group(GroupQ),
     Vq(VqQ),
+    /// llama.cpp blocks (GGUF export).
+    Gguf(gguf::BlockQ),
 }
 
 impl QTensor {
@@ -139,6 +142,7 @@ impl QTensor {
         match self {
             QTensor::Group(g) => g.dequantize(),
             QTensor::Vq(v) => v.dequantize(),
+            QTensor::Gguf(b) => b.dequantize(),
         }
     }
 
@@ -146,6 +150,7 @@ impl QTensor {
         match self {
             QTensor::Group(g) => (g.out_features, g.in_features),
             QTensor::Vq(v) => (v.out_features, v.in_features),
+            QTensor::Gguf(b) => (b.rows, b.cols),
         }
     }
 }

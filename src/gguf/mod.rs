@@ -4,21 +4,25 @@
 //! infos and the aligned data section. Every count and length read from the file is checked
 //! against the bytes that remain before anything is allocated, and every tensor's data range is
 //! checked against the file length, so a malformed file yields an error naming the file, never a
-//! panic or a huge allocation. [`Gguf::tensor_f32`] dequantizes F32, F16, BF16, Q8_0, Q4_0 and
-//! Q4_1 tensors.
+//! panic or a huge allocation. [`Gguf::tensor_f32`] dequantizes F32, F16, BF16 and every block
+//! type of [`blocks`] (Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, Q2_K).
 //!
-//! [`import_gguf`] turns a llama-architecture GGUF into a Hugging Face style checkpoint directory
-//! (`model.safetensors`, `config.json`, tokenizer files): it renames tensors, undoes the Q/K row
-//! permutation that llama.cpp's converter applies, and builds a config from `llama.*` metadata
-//! unless one is given.
+//! Submodules: [`blocks`] (block layouts and decode formulas), [`import`] (`import-gguf`),
+//! [`write`] (the GGUF v3 writer), [`export`] (`quantize --format gguf`: names, metadata,
+//! tokenizer) and [`load`] (a .gguf file as a model for `eval` / `inspect`).
 
-use crate::st_write::{write_atomic, write_safetensors, OutTensor};
+pub mod blocks;
+pub mod export;
+pub mod import;
+pub mod load;
+pub mod write;
+
+pub use import::{build_config, hf_name, import_gguf, unpermute_rows, ImportOptions, ImportReport};
+
 use crate::weights::FileBytes;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
-use safetensors::Dtype;
-use serde_json::{json, Value as Json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,7 +48,14 @@ impl GgmlType {
     pub const F16: Self = Self(1);
     pub const Q4_0: Self = Self(2);
     pub const Q4_1: Self = Self(3);
+    pub const Q5_0: Self = Self(6);
+    pub const Q5_1: Self = Self(7);
     pub const Q8_0: Self = Self(8);
+    pub const Q2_K: Self = Self(10);
+    pub const Q3_K: Self = Self(11);
+    pub const Q4_K: Self = Self(12);
+    pub const Q5_K: Self = Self(13);
+    pub const Q6_K: Self = Self(14);
     pub const BF16: Self = Self(30);
 
     /// (name, elements per block, bytes per block) for every type llama.cpp can store in a file.
@@ -100,7 +111,12 @@ impl GgmlType {
 
     /// Whether [`Gguf::tensor_f32`] can decode this type.
     pub fn dequantizable(self) -> bool {
-        matches!(self, Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
+        matches!(self, Self::F32 | Self::F16 | Self::BF16) || blocks::Kind::of(self).is_some()
+    }
+
+    /// Parse a type name as llama.cpp spells it, case-insensitively ("q4_k", "Q8_0", "f16").
+    pub fn parse(s: &str) -> Option<Self> {
+        (0..64).map(Self).find(|t| t.traits().is_some_and(|(n, _, _)| n.eq_ignore_ascii_case(s)))
     }
 }
 
@@ -354,7 +370,7 @@ impl Gguf {
     }
 
     fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {
-        let file = path.display().to_string();
+        let file = crate::escape::path(&path);
         let mut c = Cursor { buf: &bytes, pos: 0, file: &file };
         let magic = c.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
@@ -375,16 +391,16 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string("metadata key length")?;
             let ty = c.u32("metadata value type")?;
-            let v = c.value(ty, 0).map_err(|e| anyhow!("{e} in value of key {key}"))?;
+            let v = c.value(ty, 0).map_err(|e| anyhow!("{e} in value of key {}", crate::escape::text(&key)))?;
             if meta_index.insert(key.clone(), meta.len()).is_some() {
-                bail!("{file}: duplicate metadata key {key}");
+                bail!("{file}: duplicate metadata key {}", crate::escape::text(&key));
             }
             meta.push((key, v));
         }
         let alignment = match meta_index.get("general.alignment").map(|&i| &meta[i].1) {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if a.is_power_of_two() => *a as usize,
-            Some(v) => bail!("{file}: general.alignment must be a power-of-two u32, got {v:?}"),
+            Some(v) => bail!("{file}: general.alignment must be a power-of-two u32, got {}", crate::escape::debug(v)),
         };
 
         let mut infos = Vec::with_capacity(n_tensors);
@@ -392,7 +408,7 @@ impl Gguf {
             let name = c.string("tensor name length")?;
             let n_dims = c.u32("tensor n_dims")? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                bail!("{file}: tensor {name} has {n_dims} dimensions (1..={MAX_DIMS} supported)");
+                bail!("{file}: tensor {} has {n_dims} dimensions (1..={MAX_DIMS} supported)", crate::escape::text(&name));
             }
             let dims = (0..n_dims).map(|_| c.u64("tensor dim")).collect::<Result<Vec<_>>>()?;
             let ty = GgmlType(c.u32("tensor type")?);
@@ -408,30 +424,31 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(n_tensors);
         let mut tensor_index = HashMap::with_capacity(n_tensors);
         for (name, dims, ty, offset) in infos {
-            let (blk, blk_bytes) = ty.block().ok_or_else(|| anyhow!("{file}: tensor {name} has unknown ggml type id {}", ty.0))?;
+            let n = crate::escape::text(&name);
+            let (blk, blk_bytes) = ty.block().ok_or_else(|| anyhow!("{file}: tensor {n} has unknown ggml type id {}", ty.0))?;
             let n_el = dims
                 .iter()
                 .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
                 .filter(|&n| n.checked_mul(blk_bytes).is_some())
-                .ok_or_else(|| anyhow!("{file}: tensor {name} dims {dims:?} overflow"))?;
+                .ok_or_else(|| anyhow!("{file}: tensor {n} dims {dims:?} overflow"))?;
             if !(dims[0] as usize).is_multiple_of(blk) {
-                bail!("{file}: tensor {name} row length {} is not a multiple of the {} block size {blk}", dims[0], ty);
+                bail!("{file}: tensor {n} row length {} is not a multiple of the {} block size {blk}", dims[0], ty);
             }
             if !offset.is_multiple_of(alignment as u64) {
-                bail!("{file}: tensor {name} offset {offset} is not a multiple of the alignment {alignment}");
+                bail!("{file}: tensor {n} offset {offset} is not a multiple of the alignment {alignment}");
             }
             let size = n_el / blk * blk_bytes;
             let start = usize::try_from(offset).ok().and_then(|o| data_start.checked_add(o));
             let range = match start.and_then(|s| Some(s..s.checked_add(size)?)) {
                 Some(r) if r.end <= file_len => r,
                 _ => bail!(
-                    "{file}: tensor {name} data [{}..{}) exceeds file length {file_len}",
+                    "{file}: tensor {n} data [{}..{}) exceeds file length {file_len}",
                     data_start as u128 + offset as u128,
                     data_start as u128 + offset as u128 + size as u128
                 ),
             };
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                bail!("{file}: duplicate tensor name {name}");
+                bail!("{file}: duplicate tensor name {n}");
             }
             tensors.push(TensorInfo { name, dims, ty, offset, range });
         }
@@ -443,8 +460,8 @@ impl Gguf {
         &self.path
     }
 
-    fn fail(&self, msg: impl fmt::Display) -> anyhow::Error {
-        anyhow!("{}: {msg}", self.path.display())
+    pub(crate) fn fail(&self, msg: impl fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {msg}", crate::escape::path(&self.path))
     }
 
     // --- metadata -----------------------------------------------------------------------------
@@ -461,9 +478,14 @@ impl Gguf {
     fn get_as<'a, T>(&'a self, key: &str, want: &str, f: impl FnOnce(&'a Value) -> Option<T>) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => {
-                f(v).map(Some).ok_or_else(|| self.fail(format_args!("metadata {key}: expected {want}, found {} {v:?}", v.type_name())))
-            }
+            Some(v) => f(v).map(Some).ok_or_else(|| {
+                self.fail(format_args!(
+                    "metadata {}: expected {want}, found {} {}",
+                    crate::escape::text(key),
+                    v.type_name(),
+                    crate::escape::debug(v)
+                ))
+            }),
         }
     }
     /// Any integer value that fits in u32.
@@ -519,7 +541,7 @@ impl Gguf {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
     fn info_or_err(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensor_info(name).ok_or_else(|| self.fail(format_args!("no tensor named {name}")))
+        self.tensor_info(name).ok_or_else(|| self.fail(format_args!("no tensor named {}", crate::escape::text(name))))
     }
     /// Raw (possibly quantized) bytes of a tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
@@ -531,7 +553,8 @@ impl Gguf {
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info = self.info_or_err(name)?;
         let bytes = &self.bytes[info.range.clone()];
-        let out = dequantize(info.ty, bytes, info.n_elements()).map_err(|e| self.fail(format_args!("tensor {name}: {e}")))?;
+        let out = dequantize(info.ty, bytes, info.n_elements())
+            .map_err(|e| self.fail(format_args!("tensor {}: {e}", crate::escape::text(name))))?;
         Ok((info.hf_shape(), out))
     }
 }
@@ -549,29 +572,10 @@ fn decode_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
         GgmlType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => out[0] = f16_at(b, 0),
         GgmlType::BF16 => out[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
-        GgmlType::Q8_0 => {
-            let d = f16_at(b, 0);
-            for (o, &q) in out.iter_mut().zip(&b[2..34]) {
-                *o = f32::from(q as i8) * d;
-            }
+        _ => {
+            let kind = blocks::Kind::of(ty).expect("decode_block called for a dequantizable type");
+            blocks::decode(&kind, b).dequantize_into(&kind, out);
         }
-        GgmlType::Q4_0 => {
-            let d = f16_at(b, 0);
-            let (lo, hi) = out.split_at_mut(16);
-            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
-                *l = f32::from((q & 0x0f) as i8 - 8) * d;
-                *h = f32::from((q >> 4) as i8 - 8) * d;
-            }
-        }
-        GgmlType::Q4_1 => {
-            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-            let (lo, hi) = out.split_at_mut(16);
-            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
-                *l = f32::from(q & 0x0f) * d + m;
-                *h = f32::from(q >> 4) * d + m;
-            }
-        }
-        _ => unreachable!("decode_block called for {ty}"),
     }
 }
 
@@ -579,7 +583,7 @@ fn decode_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
 /// Errors (without file context) for types that cannot be decoded or a size mismatch.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     if !ty.dequantizable() {
-        bail!("type {ty} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+        bail!("type {ty} is not supported (supported: F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, Q2_K)");
     }
     let (blk, blk_bytes) = ty.block().expect("dequantizable types have traits");
     if !n.is_multiple_of(blk) || bytes.len() != n / blk * blk_bytes {
@@ -594,326 +598,4 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         }
     });
     Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Import
-
-/// Map a llama.cpp tensor name to its Hugging Face Llama name.
-pub fn hf_name(gguf_name: &str) -> Option<String> {
-    let (stem, suffix) = gguf_name.rsplit_once('.')?;
-    if suffix != "weight" && suffix != "bias" {
-        return None;
-    }
-    let top = match stem {
-        "token_embd" => Some("model.embed_tokens"),
-        "output_norm" => Some("model.norm"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(format!("{t}.{suffix}"));
-    }
-    let rest = stem.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
-}
-
-/// Undo llama.cpp's Q/K row permutation. `w` is `[rows, cols]` row-major (cols = 1 for a bias).
-///
-/// convert_hf_to_gguf computes `w.reshape(n_head, 2, head_dim/2, cols).swapaxes(1, 2)`, so GGUF
-/// row `h*hd + 2*j + i` holds HF row `h*hd + i*hd/2 + j`; this maps it back.
-pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
-    let heads_even = n_head.checked_mul(2).is_some_and(|h2| h2 > 0 && rows.is_multiple_of(h2));
-    if !heads_even || rows.checked_mul(cols) != Some(w.len()) {
-        bail!("cannot unpermute {rows}x{cols} rows for {n_head} heads (rows must split into heads of even size)");
-    }
-    if w.is_empty() {
-        // Nothing to move, and with 0 columns `rows` (read from the file) is unbounded.
-        return Ok(Vec::new());
-    }
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for i in 0..2 {
-            for j in 0..half {
-                let dst = (h * hd + i * half + j) * cols;
-                let src = (h * hd + 2 * j + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Options for [`import_gguf`].
-#[derive(Clone, Debug)]
-pub struct ImportOptions {
-    /// tokenizer.json to copy (a tokenizer_config.json beside it is copied too).
-    pub tokenizer: Option<PathBuf>,
-    /// config.json to copy verbatim instead of building one from metadata.
-    pub config: Option<PathBuf>,
-    /// Output float dtype: F32 (default), F16 or BF16.
-    pub dtype: Dtype,
-    /// Replace `out` if it exists.
-    pub force: bool,
-}
-
-impl Default for ImportOptions {
-    fn default() -> Self {
-        Self { tokenizer: None, config: None, dtype: Dtype::F32, force: false }
-    }
-}
-
-/// What [`import_gguf`] did.
-#[derive(Clone, Debug)]
-pub struct ImportReport {
-    pub out: PathBuf,
-    pub tensors: usize,
-    pub params: u64,
-    /// Count of source tensors per ggml type name.
-    pub ggml_types: BTreeMap<String, usize>,
-    /// GGUF tensors that were skipped (not model weights, e.g. rope_freqs).
-    pub skipped: Vec<String>,
-    pub tied_embeddings: bool,
-    pub config_from_metadata: bool,
-    pub tokenizer_copied: bool,
-    /// Size of the written model.safetensors.
-    pub safetensors_bytes: u64,
-}
-
-impl fmt::Display for ImportReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let types: Vec<String> = self.ggml_types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
-        write!(
-            f,
-            "{}: {} tensors, {} params (from {}), {:.1} MB safetensors, config {}{}",
-            self.out.display(),
-            self.tensors,
-            self.params,
-            types.join(" "),
-            self.safetensors_bytes as f64 / 1e6,
-            if self.config_from_metadata { "built from metadata" } else { "copied" },
-            if self.tied_embeddings { ", tied embeddings" } else { "" },
-        )
-    }
-}
-
-/// Removes a temporary directory unless disarmed.
-struct TmpDir(Option<PathBuf>);
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
-fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F16 => "float16",
-        Dtype::BF16 => "bfloat16",
-        _ => "float32",
-    }
-}
-
-/// Import a llama-architecture GGUF file into an HF checkpoint directory `out`
-/// (`model.safetensors`, `config.json`, and the tokenizer files if given).
-///
-/// Everything is written into a temporary directory beside `out` and renamed into place at the
-/// end; `out` must not exist unless `opts.force`.
-pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportReport> {
-    if !matches!(opts.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        bail!("{}: output dtype {:?} not supported (F32, F16 or BF16)", out.display(), opts.dtype);
-    }
-    if out.exists() && !opts.force {
-        bail!("{}: already exists (use --force to replace it)", out.display());
-    }
-    let g = Gguf::open(gguf)?;
-    let arch = g.get_str("general.architecture")?.unwrap_or("");
-    if arch != "llama" {
-        return Err(g.fail(format_args!("architecture {arch:?} not supported (only llama)")));
-    }
-    let req_u32 =
-        |key: &str| -> Result<usize> { Ok(g.get_u32(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}")))? as usize) };
-    let n_head = req_u32("llama.attention.head_count")?;
-    let n_head_kv = g.get_u32("llama.attention.head_count_kv")?.map_or(n_head, |v| v as usize);
-
-    // Map every name up front (None = skipped) so an unknown tensor fails before the slow part.
-    let plan = g
-        .tensors()
-        .iter()
-        .map(|info| {
-            let name = &info.name;
-            if name == "rope_freqs.weight" || name.ends_with(".attn_rot_embd") {
-                return Ok((info, None));
-            }
-            let hf = hf_name(name).ok_or_else(|| g.fail(format_args!("tensor {name} has no Hugging Face Llama equivalent")))?;
-            Ok((info, Some(hf)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let embd = g.tensor_info("token_embd.weight").ok_or_else(|| g.fail("no token_embd.weight tensor"))?;
-    let tied = g.tensor_info("output.weight").is_none();
-    // Read/build the small files first so a bad path fails before the slow part.
-    let config = match &opts.config {
-        Some(p) => std::fs::read(p).with_context(|| format!("{}: cannot read config", p.display()))?,
-        None => {
-            let vocab = embd.hf_shape()[0];
-            let mut c = serde_json::to_string_pretty(&build_config(&g, opts.dtype, vocab, tied)?)?.into_bytes();
-            c.push(b'\n');
-            c
-        }
-    };
-    let tok = match &opts.tokenizer {
-        Some(p) => {
-            let json = std::fs::read(p).with_context(|| format!("{}: cannot read tokenizer", p.display()))?;
-            let cfg_path = p.with_file_name("tokenizer_config.json");
-            let cfg = match cfg_path.is_file() {
-                true => Some(std::fs::read(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?),
-                false => None,
-            };
-            Some((json, cfg))
-        }
-        None => {
-            eprintln!("warning: {}: no tokenizer given; evaluating {} will need --tokenizer", gguf.display(), out.display());
-            None
-        }
-    };
-
-    // Dequantize and rename tensor by tensor.
-    let mut outs = Vec::with_capacity(g.tensors().len());
-    let mut report = ImportReport {
-        out: out.to_path_buf(),
-        tensors: 0,
-        params: 0,
-        ggml_types: BTreeMap::new(),
-        skipped: Vec::new(),
-        tied_embeddings: tied,
-        config_from_metadata: opts.config.is_none(),
-        tokenizer_copied: opts.tokenizer.is_some(),
-        safetensors_bytes: 0,
-    };
-    for (info, hf) in plan {
-        let name = &info.name;
-        let Some(hf) = hf else {
-            eprintln!("{}: skipping {name} (not a model weight)", gguf.display());
-            report.skipped.push(name.clone());
-            continue;
-        };
-        let (shape, mut data) = g.tensor_f32(name)?;
-        let heads = if name.contains(".attn_q.") {
-            Some(n_head)
-        } else if name.contains(".attn_k.") {
-            Some(n_head_kv)
-        } else {
-            None
-        };
-        if let Some(h) = heads {
-            let cols = shape.get(1).copied().unwrap_or(1);
-            data = unpermute_rows(&data, shape[0], cols, h).map_err(|e| g.fail(format_args!("tensor {name}: {e}")))?;
-        }
-        *report.ggml_types.entry(info.ty.name()).or_default() += 1;
-        report.params += data.len() as u64;
-        outs.push(OutTensor::float(hf, opts.dtype, shape, &data));
-    }
-    report.tensors = outs.len();
-
-    // Write into a temp dir beside `out`, then rename into place.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create directory", parent.display()))?;
-    let base = out.file_name().ok_or_else(|| anyhow!("{}: output path has no file name", out.display()))?;
-    let tmp = parent.join(format!(".{}.import-tmp.{}", base.to_string_lossy(), std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove stale temp dir", tmp.display()))?;
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let mut guard = TmpDir(Some(tmp.clone()));
-
-    let st = tmp.join("model.safetensors");
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&st, &outs, Some(meta))?;
-    drop(outs);
-    report.safetensors_bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
-    write_atomic(&tmp.join("config.json"), &config)?;
-    if let Some((json, cfg)) = tok {
-        write_atomic(&tmp.join("tokenizer.json"), &json)?;
-        if let Some(cfg) = cfg {
-            write_atomic(&tmp.join("tokenizer_config.json"), &cfg)?;
-        }
-    }
-
-    if out.exists() {
-        if !opts.force {
-            bail!("{}: already exists (use --force to replace it)", out.display());
-        }
-        let old = parent.join(format!(".{}.import-old.{}", base.to_string_lossy(), std::process::id()));
-        std::fs::rename(out, &old).with_context(|| format!("{}: cannot move aside", out.display()))?;
-        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-        let res = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
-        res.with_context(|| format!("{}: cannot remove old output", old.display()))?;
-    } else {
-        std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-    }
-    guard.0 = None;
-    Ok(report)
-}
-
-/// Build an HF LlamaConfig (config.json) from `llama.*` metadata, as [`import_gguf`] does when
-/// no config is given; `vocab` is the embedding's row count.
-pub fn build_config(g: &Gguf, dtype: Dtype, vocab: usize, tied: bool) -> Result<Json> {
-    let req = |key: &str| -> Result<u64> { g.get_u64(key)?.ok_or_else(|| g.fail(format_args!("missing metadata {key}"))) };
-    let hidden = req("llama.embedding_length")?;
-    let heads = req("llama.attention.head_count")?;
-    if heads == 0 {
-        return Err(g.fail("llama.attention.head_count is 0"));
-    }
-    let kv_heads = g.get_u64("llama.attention.head_count_kv")?.unwrap_or(heads);
-    let head_dim = g.get_u64("llama.attention.key_length")?.unwrap_or(hidden / heads);
-    let eps = g.get_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
-    let theta = g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0);
-    let mut c = json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": hidden,
-        "intermediate_size": req("llama.feed_forward_length")?,
-        "num_hidden_layers": req("llama.block_count")?,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": f64::from(eps),
-        "rope_theta": f64::from(theta),
-        "vocab_size": vocab,
-        "tie_word_embeddings": tied,
-        "torch_dtype": dtype_name(dtype),
-        "attention_bias": g.tensor_info("blk.0.attn_q.bias").is_some(),
-        "mlp_bias": false,
-    });
-    let obj = c.as_object_mut().expect("json! object");
-    if let Some(ctx) = g.get_u64("llama.context_length")? {
-        obj.insert("max_position_embeddings".into(), ctx.into());
-    }
-    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
-        if let Some(id) = g.get_u64(key)? {
-            obj.insert(hf.into(), id.into());
-        }
-    }
-    Ok(c)
 }
