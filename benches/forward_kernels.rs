@@ -152,5 +152,9 @@ fn run() {
     // Causal: Q·Kᵀ and P·V over the lower triangle.
     let flops = 2.0 * 2.0 * (nh * hd) as f64 * (seq * (seq + 1) / 2) as f64;
     let g = flops / c / 1e9;
-    println!("attention, SmolLM2 layer, ctx 2048 causal: {:.1} ms, {g:.1} GFLOP/s useful = {:.0}% of peak", c * 1e3, 100.0 * g / peak_gflops);
+    println!(
+        "attention, SmolLM2 layer, ctx 2048 causal: {:.1} ms, {g:.1} GFLOP/s useful = {:.0}% of peak",
+        c * 1e3,
+        100.0 * g / peak_gflops
+    );
 }

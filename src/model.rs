@@ -23,6 +23,23 @@ fn row_block(rows: usize) -> usize {
     rows.div_ceil(4 * rayon::current_num_threads()).clamp(64, 256)
 }
 
+/// The gated MLP on a block of normed rows `xn` into `out` (`[n][hidden]`), sequentially; the
+/// activation (down_proj's input) copied to `act_out` if given.
+fn mlp_rows(lw: &LayerWeights, xn: &[f32], out: &mut [f32], act_out: Option<&mut [f32]>) {
+    let (wg, wu, wd) = (lw.get("mlp.gate_proj"), lw.get("mlp.up_proj"), lw.get("mlp.down_proj"));
+    let n = xn.len() / wg.inn;
+    let mut g = vec![0f32; n * wg.out];
+    let mut u = vec![0f32; n * wu.out];
+    wg.forward_seq(&mut g, xn, n);
+    wu.forward_seq(&mut u, xn, n);
+    silu_mul(&mut g, &u);
+    drop(u);
+    if let Some(ao) = act_out {
+        ao.copy_from_slice(&g);
+    }
+    wd.forward_seq(out, &g, n);
+}
+
 simd_fn! {
     /// RoPE on a block of q and k rows whose first row is row `r0` of the chunk (position
     /// `(r0 + i) % seq_len`).
@@ -367,56 +384,19 @@ impl Model {
         let c = &self.cfg;
         let d = c.hidden_size;
         let rows = h.len() / d;
-        let (qd, kd, inter, hd) = (c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let (qd, inter) = (c.q_dim(), c.intermediate_size);
         let observe = hook.is_some();
         let rb = row_block(rows);
-        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
         let eps = c.rms_norm_eps;
-        let (wq, wk, wv) = (lw.get("self_attn.q_proj"), lw.get("self_attn.k_proj"), lw.get("self_attn.v_proj"));
-        let mut q = vec![0f32; rows * qd];
-        let mut k = vec![0f32; rows * kd];
-        let mut v = vec![0f32; rows * kd];
         let mut xn_all = if observe { vec![0f32; rows * d] } else { Vec::new() };
-        // Phase A.
-        {
-            let mut xn_blocks: Vec<Option<&mut [f32]>> =
-                if observe { xn_all.chunks_mut(rb * d).map(Some).collect() } else { (0..rows.div_ceil(rb)).map(|_| None).collect() };
-            h.par_chunks(rb * d)
-                .zip(q.par_chunks_mut(rb * qd))
-                .zip(k.par_chunks_mut(rb * kd))
-                .zip(v.par_chunks_mut(rb * kd))
-                .zip(xn_blocks.par_iter_mut())
-                .enumerate()
-                .for_each(|(bi, ((((hb, qb), kb), vb), xo))| {
-                    let n = hb.len() / d;
-                    let mut xn = vec![0f32; n * d];
-                    rms_norm_into(&mut xn, hb, &lw.input_norm, eps);
-                    wq.forward_seq(qb, &xn, n);
-                    wk.forward_seq(kb, &xn, n);
-                    wv.forward_seq(vb, &xn, n);
-                    if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                        // Per-head RMSNorm (qwen3): rows of head_dim values.
-                        rms_norm_inplace(qb, qn, eps);
-                        rms_norm_inplace(kb, kn, eps);
-                    }
-                    rope_rows(&rope, qb, kb, bi * rb, seq_len, qd, kd, hd);
-                    if let Some(xo) = xo {
-                        xo.copy_from_slice(&xn);
-                    }
-                });
-        }
+        let att = self.attention_rows(lw, h, false, seq_len, observe.then_some(&mut xn_all[..]));
         if let Some(hk) = hook.as_deref_mut() {
             hk(Input::AttnIn, &xn_all, rows);
-        }
-        drop(xn_all);
-        let dims = crate::attention::Dims { head_dim: hd, heads: c.num_heads, kv_heads: c.num_kv_heads, window: c.window(lw.index) };
-        let att = crate::attention::attention(&q, &k, &v, rows, seq_len, dims);
-        drop((q, k, v));
-        if let Some(hk) = hook.as_deref_mut() {
             hk(Input::AttnOut, &att, rows);
         }
+        drop(xn_all);
         // Phase C.
-        let (wo, wg, wu, wd) = (lw.get("self_attn.o_proj"), lw.get("mlp.gate_proj"), lw.get("mlp.up_proj"), lw.get("mlp.down_proj"));
+        let wo = lw.get("self_attn.o_proj");
         let mut xn2_all = if observe { vec![0f32; rows * d] } else { Vec::new() };
         let mut act_all = if observe { vec![0f32; rows * inter] } else { Vec::new() };
         {
@@ -431,21 +411,13 @@ impl Model {
                 let mut t = vec![0f32; n * d];
                 wo.forward_seq(&mut t, ab, n);
                 add_assign(hb, &t);
-                rms_norm_into(&mut t, hb, &lw.post_norm, eps);
-                let mut g = vec![0f32; n * inter];
-                let mut u = vec![0f32; n * inter];
-                wg.forward_seq(&mut g, &t, n);
-                wu.forward_seq(&mut u, &t, n);
-                silu_mul(&mut g, &u);
-                drop(u);
-                if let Some(xo) = xo {
-                    xo.copy_from_slice(&t);
-                }
-                if let Some(ao) = ao {
-                    ao.copy_from_slice(&g);
-                }
-                wd.forward_seq(&mut t, &g, n);
+                let mut xn = vec![0f32; n * d];
+                rms_norm_into(&mut xn, hb, &lw.post_norm, eps);
+                mlp_rows(lw, &xn, &mut t, ao.as_deref_mut());
                 add_assign(hb, &t);
+                if let Some(xo) = xo {
+                    xo.copy_from_slice(&xn);
+                }
             });
         }
         drop(att);
@@ -454,6 +426,89 @@ impl Model {
             drop(xn2_all);
             hk(Input::MlpAct, &act_all, rows);
         }
+    }
+
+    /// Phases A and B of [`Model::forward_chunk`] on whole sequences `x` (`[rows][hidden]`): the
+    /// attention output before o_proj, `[rows][q_dim]`. `x` is the residual stream, normed here
+    /// by `input_layernorm` (the normed rows copied to `xn_out` if given), or already normed
+    /// (`normed`).
+    fn attention_rows(&self, lw: &LayerWeights, x: &[f32], normed: bool, seq_len: usize, xn_out: Option<&mut [f32]>) -> Vec<f32> {
+        let c = &self.cfg;
+        let d = c.hidden_size;
+        let rows = x.len() / d;
+        let (qd, kd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let rb = row_block(rows);
+        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
+        let eps = c.rms_norm_eps;
+        let (wq, wk, wv) = (lw.get("self_attn.q_proj"), lw.get("self_attn.k_proj"), lw.get("self_attn.v_proj"));
+        let mut q = vec![0f32; rows * qd];
+        let mut k = vec![0f32; rows * kd];
+        let mut v = vec![0f32; rows * kd];
+        let mut xn_blocks: Vec<Option<&mut [f32]>> = match xn_out {
+            Some(o) => o.chunks_mut(rb * d).map(Some).collect(),
+            None => (0..rows.div_ceil(rb)).map(|_| None).collect(),
+        };
+        x.par_chunks(rb * d)
+            .zip(q.par_chunks_mut(rb * qd))
+            .zip(k.par_chunks_mut(rb * kd))
+            .zip(v.par_chunks_mut(rb * kd))
+            .zip(xn_blocks.par_iter_mut())
+            .enumerate()
+            .for_each(|(bi, ((((xb, qb), kb), vb), xo))| {
+                let n = xb.len() / d;
+                let normed_rows;
+                let xn: &[f32] = if normed {
+                    xb
+                } else {
+                    let mut t = vec![0f32; n * d];
+                    rms_norm_into(&mut t, xb, &lw.input_norm, eps);
+                    normed_rows = t;
+                    &normed_rows
+                };
+                wq.forward_seq(qb, xn, n);
+                wk.forward_seq(kb, xn, n);
+                wv.forward_seq(vb, xn, n);
+                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                    // Per-head RMSNorm (qwen3): rows of head_dim values.
+                    rms_norm_inplace(qb, qn, eps);
+                    rms_norm_inplace(kb, kn, eps);
+                }
+                rope_rows(&rope, qb, kb, bi * rb, seq_len, qd, kd, hd);
+                if let Some(xo) = xo {
+                    xo.copy_from_slice(xn);
+                }
+            });
+        let dims = crate::attention::Dims { head_dim: hd, heads: c.num_heads, kv_heads: c.num_kv_heads, window: c.window(lw.index) };
+        crate::attention::attention(&q, &k, &v, rows, seq_len, dims)
+    }
+
+    /// The attention block's output (after o_proj, before the residual add) for `xn`, the
+    /// `input_layernorm` output of whole sequences of `seq_len` tokens: what AWQ's search of the
+    /// q/k/v scales scores. The same code path as [`Model::forward_layer`].
+    pub fn attention_output(&self, lw: &LayerWeights, xn: &[f32], seq_len: usize) -> Vec<f32> {
+        let d = self.cfg.hidden_size;
+        assert!(seq_len > 0 && xn.len().is_multiple_of(seq_len * d));
+        let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
+        let wo = lw.get("self_attn.o_proj");
+        let mut out = vec![0f32; xn.len()];
+        for (x, o) in xn.chunks(seqs_per_chunk * seq_len * d).zip(out.chunks_mut(seqs_per_chunk * seq_len * d)) {
+            let att = self.attention_rows(lw, x, true, seq_len, None);
+            let rows = x.len() / d;
+            let rb = row_block(rows);
+            o.par_chunks_mut(rb * d).zip(att.par_chunks(rb * wo.inn)).for_each(|(ob, ab)| wo.forward_seq(ob, ab, ob.len() / d));
+        }
+        out
+    }
+
+    /// The MLP's output (after down_proj, before the residual add) for `xn`, rows of the
+    /// `post_attention_layernorm` output: what AWQ's search of the gate/up scales scores.
+    pub fn mlp_output(&self, lw: &LayerWeights, xn: &[f32]) -> Vec<f32> {
+        let d = self.cfg.hidden_size;
+        assert!(xn.len().is_multiple_of(d));
+        let rb = row_block(xn.len() / d);
+        let mut out = vec![0f32; xn.len()];
+        out.par_chunks_mut(rb * d).zip(xn.par_chunks(rb * d)).for_each(|(ob, xb)| mlp_rows(lw, xb, ob, None));
+        out
     }
 
     /// Final norm + lm_head for `rows` hidden states: logits `[rows][vocab]`.
