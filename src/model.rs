@@ -306,6 +306,7 @@ impl Model {
         if self.embed.get().is_none() {
             let v = self.ck.f32_shaped("model.embed_tokens.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
             let _ = self.embed.set(v);
+            self.ck.release_pages();
         }
         Ok(self.embed.get().unwrap())
     }
@@ -317,6 +318,7 @@ impl Model {
         if self.lm_head.get().is_none() {
             let v = self.ck.f32_shaped("lm_head.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
             let _ = self.lm_head.set(v);
+            self.ck.release_pages();
         }
         Ok(self.lm_head.get().unwrap())
     }
@@ -529,6 +531,9 @@ impl Model {
         let mut h = self.embed(tokens)?;
         for i in 0..self.cfg.num_layers {
             let lw = self.load_layer(i)?;
+            // The layer is in f32 now: drop its mapped bf16/f16 pages from the resident set, so
+            // a whole-model pass holds one layer's weights at a time, not the whole file.
+            self.ck.release_pages();
             self.forward_layer_observed(&lw, &mut h, seq_len, None);
             on_layer();
         }
