@@ -30,7 +30,7 @@ RES=$SCR/results.jsonl
 [ -n "${APPEND:-}" ] || : > "$RES"
 for spec in $MODELS; do
     IFS=: read -r name l1 l2 <<< "$spec"
-    for L in "$l1" "$l2"; do
+    for L in $(printf "%s\n" "$l1" "$l2" | sort -un); do
         dir=$SCR/$name-${L}l
         if [ ! -f "$dir/model.safetensors" ]; then
             info=$("$PYTHON" benches/random_ckpt.py "$name" "$dir" "$L")

@@ -29,7 +29,7 @@ pub struct Dims {
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize, d: Dims) -> Vec<f32> {
     let Dims { head_dim: hd, heads: nh, kv_heads: nkv, window } = d;
     let (qd, kd) = (nh * hd, nkv * hd);
-    assert!(nkv > 0 && nh % nkv == 0 && rows % seq_len == 0);
+    assert!(nkv > 0 && nh % nkv == 0 && rows.is_multiple_of(seq_len));
     assert!(q.len() == rows * qd && k.len() == rows * kd && v.len() == rows * kd);
     let n_seq = rows / seq_len;
     // Each (sequence, KV head)'s keys and values contiguous: [seq_len][hd].

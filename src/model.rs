@@ -113,6 +113,11 @@ impl LayerWeights {
     }
 }
 
+/// What [`Model::forward_layer`]'s hook is: it sees `(input, x, rows)` for every linear's input.
+type LayerHook<'h> = dyn FnMut(Input, &[f32], usize) + 'h;
+/// A row block's slices of the full-size MLP input and activation buffers (when observed).
+type BlockOuts<'a> = (Option<&'a mut [f32]>, Option<&'a mut [f32]>);
+
 /// Loads a linear's f32 weight from a packed checkpoint; installed by the quantized-checkpoint
 /// reader (`qmodel`), `None` for plain checkpoints.
 pub type PackedLoader = dyn Fn(&Checkpoint, &str) -> Result<Option<Vec<f32>>> + Send + Sync;
@@ -356,13 +361,7 @@ impl Model {
 
     /// As [`Model::forward_layer`]; without a hook the linears' inputs are never gathered into
     /// full-size buffers (each row block keeps its own).
-    fn forward_layer_observed<'h>(
-        &self,
-        lw: &LayerWeights,
-        h: &mut [f32],
-        seq_len: usize,
-        mut hook: Option<&mut (dyn FnMut(Input, &[f32], usize) + 'h)>,
-    ) {
+    fn forward_layer_observed<'h>(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, mut hook: Option<&mut LayerHook<'h>>) {
         let d = self.cfg.hidden_size;
         assert!(seq_len > 0 && h.len().is_multiple_of(seq_len * d));
         let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
@@ -376,13 +375,7 @@ impl Model {
     /// row block o_proj + residual, RMSNorm, gate/up, SiLU·up, down_proj + residual. Inside a
     /// phase every GEMM is sequential on its row block, so both cores stay busy without a barrier
     /// per GEMM. The hook sees each linear's full input after the phase that made it.
-    fn forward_chunk<'h>(
-        &self,
-        lw: &LayerWeights,
-        h: &mut [f32],
-        seq_len: usize,
-        mut hook: Option<&mut (dyn FnMut(Input, &[f32], usize) + 'h)>,
-    ) {
+    fn forward_chunk<'h>(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, mut hook: Option<&mut LayerHook<'h>>) {
         let c = &self.cfg;
         let d = c.hidden_size;
         let rows = h.len() / d;
@@ -403,7 +396,7 @@ impl Model {
         let mut act_all = if observe { vec![0f32; rows * inter] } else { Vec::new() };
         {
             let n_blocks = rows.div_ceil(rb);
-            let mut outs: Vec<(Option<&mut [f32]>, Option<&mut [f32]>)> = if observe {
+            let mut outs: Vec<BlockOuts> = if observe {
                 xn2_all.chunks_mut(rb * d).map(Some).zip(act_all.chunks_mut(rb * inter).map(Some)).collect()
             } else {
                 (0..n_blocks).map(|_| (None, None)).collect()
@@ -423,7 +416,7 @@ impl Model {
             });
         }
         drop(att);
-        if let Some(hk) = hook.as_deref_mut() {
+        if let Some(hk) = hook {
             hk(Input::MlpIn, &xn2_all, rows);
             drop(xn2_all);
             hk(Input::MlpAct, &act_all, rows);
