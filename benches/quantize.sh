@@ -27,7 +27,9 @@ for cfg in "${CONFIGS[@]}"; do
     python3 - "$cfg" "$J" "$MODEL_MB" "$CALIB_MB" <<'PY'
 import json, sys
 cfg, j, model_mb, calib_mb = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-print(f"{cfg:<52} {j['seconds']:>10.1f} {j['forward_seconds']:>12.1f} {j['seconds']/max(j['forward_seconds'],1e-9):>7.2f} "
+# RTN runs no calibration forward: no ratio.
+ratio = f"{j['seconds']/j['forward_seconds']:>7.2f}" if j['forward_seconds'] > 0 else f"{'—':>7}"
+print(f"{cfg:<52} {j['seconds']:>10.1f} {j['forward_seconds']:>12.1f} {ratio} "
       f"{j['peak_rss_bytes']/2**20:>10.0f} {1.3*model_mb+calib_mb:>10.0f}")
 PY
 done

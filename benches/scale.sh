@@ -44,10 +44,11 @@ for spec in $MODELS; do
         J="$E" python3 -c 'import json,os; d=json.loads(os.environ["J"]); print("   eval      %8.1f s  %7.1f tokens/s  cpu %7.1f s  peak RSS %7.0f MiB" % (d["seconds"], d["tokens_per_s"], d["cpu_seconds"], d["peak_rss_bytes"]/2**20))'
         for m in ${METHODS:-rtn awq gptq}; do
             rm -rf "$SCR/q"
-            Q=$($LB --threads "$THREADS" quantize --model "$dir" --out "$SCR/q" --method "$m" --bits 4 --group-size 128 \
+            Q=$(/usr/bin/time -f '%U %S' -o "$SCR/cpu" $LB --threads "$THREADS" quantize --model "$dir" --out "$SCR/q" --method "$m" --bits 4 --group-size 128 \
                 --calib "$CALIB" --calib-samples "$SAMPLES" --calib-seqlen "$SEQLEN" --json 2>"$SCR/err.log") || { cat "$SCR/err.log"; exit 1; }
-            echo "{\"model\":\"$name\",\"layers\":$L,\"what\":\"$m\",\"shape\":$info,\"ck_mb\":$ck_mb,\"r\":$Q}" >> "$RES"
-            J="$Q" python3 -c 'import json,os,sys; d=json.loads(os.environ["J"]); print("   %-8s  %8.1f s  FP forward %7.1f s  peak RSS %7.0f MiB" % (sys.argv[1], d["seconds"], d["forward_seconds"], d["peak_rss_bytes"]/2**20))' "$m"
+            cpu=$(awk '{print $1 + $2}' "$SCR/cpu")
+            echo "{\"model\":\"$name\",\"layers\":$L,\"what\":\"$m\",\"shape\":$info,\"ck_mb\":$ck_mb,\"cpu\":$cpu,\"r\":$Q}" >> "$RES"
+            J="$Q" python3 -c 'import json,os,sys; d=json.loads(os.environ["J"]); print("   %-8s  %8.1f s  cpu %7.1f s  FP forward %7.1f s  peak RSS %7.0f MiB" % (sys.argv[1], d["seconds"], float(sys.argv[2]), d["forward_seconds"], d["peak_rss_bytes"]/2**20))' "$m" "$cpu"
         done
         rm -rf "$SCR/q"
     done
@@ -57,33 +58,36 @@ python3 - "$RES" "$SAMPLES" "$SEQLEN" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 samples, seqlen = int(sys.argv[2]), int(sys.argv[3])
+# CPU seconds (all threads): steady under load; wall seconds as measured, for reference.
+cpu = lambda r: r["r"]["cpu_seconds"] if r["what"] == "eval" else r.get("cpu", float("nan"))
 print()
-print("| model | what | L1 → L2 layers: wall s | per layer s | fixed s | projected full model | peak RSS at L2 | RSS goal | meets goal |")
-print("|---|---|---|---:|---:|---|---:|---:|---|")
+print("CPU seconds (all threads) per run; per layer = difference between the two layer counts;")
+print("fixed = the rest (embedding, lm_head, output); projected = fixed + full layers x per layer.")
+print()
+print("| model | what | wall s (L1 → L2 layers) | CPU s (L1 → L2) | per layer CPU s | fixed CPU s | projected full model, CPU s | peak RSS at L2 | RSS goal | meets |")
+print("|---|---|---|---|---:|---:|---|---:|---:|---|")
 for name in dict.fromkeys(r["model"] for r in rows):
     for what in ["eval", "rtn", "awq", "gptq"]:
         by_layers = {r["layers"]: r for r in rows if r["model"] == name and r["what"] == what}
         rs = [by_layers[k] for k in sorted(by_layers)]
         if not rs:
             continue
-        if len(rs) < 2:
-            b = rs[0]
-            print(f"| {name} | {what} | {b['layers']} layer(s): {b['r']['seconds']:.1f} | — | — | — | {b['r']['peak_rss_bytes']/2**20:.0f} MiB | | |")
-            continue
         a, b = rs[0], rs[-1]
-        per = (b["r"]["seconds"] - a["r"]["seconds"]) / (b["layers"] - a["layers"])
-        fixed = a["r"]["seconds"] - a["layers"] * per
-        full = b["shape"]["full_layers"]
-        proj = fixed + full * per
         sh = b["shape"]
         d = {"llama-3.2-1b": 2048, "llama-3.1-8b": 4096}.get(name, 0)
         goal = 1.3 * sh["layer_bf16_bytes"] + samples * seqlen * d * 4 + sh["embed_lm_head_bytes"]
         rss = b["r"]["peak_rss_bytes"]
-        if what == "eval":
-            tok = b["r"]["windows"] * b["r"]["ctx"]
-            projs = f"{proj:.0f} s = {tok / proj:.1f} tokens/s ({full} layers)"
+        full = sh["full_layers"]
+        if len(rs) >= 2:
+            per = (cpu(b) - cpu(a)) / (b["layers"] - a["layers"])
+            fixed = cpu(a) - a["layers"] * per
+            proj = fixed + full * per
+            extra = f" = {b['r']['windows'] * b['r']['ctx'] / proj:.1f} tokens/CPU-s" if what == "eval" else f" ({proj/60:.0f} CPU-min)"
+            cols = f"{per:.1f} | {fixed:.1f} | {proj:.0f}{extra} ({full} layers)"
         else:
-            projs = f"{proj:.0f} s ({proj/60:.1f} min, {full} layers)"
-        print(f"| {name} | {what} | {a['r']['seconds']:.1f} → {b['r']['seconds']:.1f} | {per:.1f} | {fixed:.1f} | {projs} | "
-              f"{rss/2**20:.0f} MiB | {goal/2**20:.0f} MiB | {'yes' if rss <= goal else 'no'} |")
+            cols = "— | — | —"
+        walls = " → ".join(f"{r['r']['seconds']:.1f}" for r in rs)
+        cpus = " → ".join(f"{cpu(r):.1f}" for r in rs)
+        layers = "/".join(str(r["layers"]) for r in rs)
+        print(f"| {name} ({layers} layers) | {what} | {walls} | {cpus} | {cols} | {rss/2**20:.0f} MiB | {goal/2**20:.0f} MiB | {'yes' if rss <= goal else 'no'} |")
 PY
