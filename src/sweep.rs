@@ -340,7 +340,8 @@ fn run(
     for rec in records.iter_mut() {
         let Some((k, r)) = rec.dir.as_deref().and_then(|d| by_name.get(d)) else { continue };
         let info = crate::qmodel::inspect(&k.o.out)?;
-        rec.bpw = Some(k.bits as f64 / k.weights.max(1) as f64);
+        // inspect's count of the written checkpoint: the same function quantize reports with.
+        rec.bpw = info.linear_bits_per_weight;
         rec.model_bpw = Some(info.bits_per_weight);
         rec.size_mb = Some(info.total_bytes as f64 / 1e6);
         rec.ppl = Some(r.ppl);
