@@ -329,7 +329,12 @@ pub fn validate(o: &Options) -> Result<()> {
             bail!("--group-size must be at least 1");
         }
         if o.format == Format::Awq && p.bits != 4 {
-            bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", p.bits);
+            let at = o
+                .overrides
+                .iter()
+                .find(|v| v.ty.is_none() && v.bits == p.bits)
+                .map(|v| format!(" (--override for modules matching '{}')", v.pattern));
+            bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {}{})", p.bits, at.unwrap_or_default());
         }
         if o.format == Format::Awq && p.group_size % 32 != 0 {
             let at = o
@@ -678,14 +683,23 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         fallbacks: gguf_fallbacks(&model, o, &plans),
     };
     if dry_run {
+        if gguf_out {
+            // The file the real run writes, serialized in memory: its exact length.
+            let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
+            let (_, w) = crate::gguf::export::build_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type)?;
+            summary.bytes = w.tensor_bytes;
+            summary.model_bpw = 8.0 * w.tensor_bytes as f64 / w.params.max(1) as f64;
+            summary.fallbacks.extend(w.fallbacks);
+        }
         return Ok(summary);
     }
     check_finite_output(&tensors)?;
     if gguf_out {
         let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
         let w = crate::gguf::export::write_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type, &o.out)?;
-        summary.bytes = w.bytes;
-        summary.model_bpw = 8.0 * w.bytes as f64 / w.params.max(1) as f64;
+        // Tensor data bytes, as for a safetensors output and as llama.cpp's BPW counts them.
+        summary.bytes = w.tensor_bytes;
+        summary.model_bpw = 8.0 * w.tensor_bytes as f64 / w.params.max(1) as f64;
         summary.fallbacks.extend(w.fallbacks);
         summary.seconds = t0.elapsed().as_secs_f64();
         return Ok(summary);
