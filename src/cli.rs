@@ -313,6 +313,9 @@ pub struct ImportArgs {
     /// every file) and that holds nothing else; anything else is refused (docs/outputs.md).
     #[arg(long)]
     pub force: bool,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -443,7 +446,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::ImportGguf(a) => {
             let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
             let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
-            println!("{rep}");
+            if a.json {
+                println!("{}", serde_json::to_string(&rep)?);
+            } else {
+                println!("{rep}");
+            }
             Ok(())
         }
     }

@@ -12,7 +12,7 @@ use crate::escape;
 use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
 use crate::outdir::{OutDir, Source};
-use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed, SizeCount, Want};
+use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed, PackedLayout, SizeCount, Want};
 use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
@@ -548,6 +548,9 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
         }
         plans.push(row);
     }
+    for (k, v) in o.overrides.iter().enumerate() {
+        used_override[k] |= TABLES.iter().any(|t| v.pattern.is_match(t));
+    }
     let unmatched: Vec<String> = o
         .overrides
         .iter()
@@ -623,6 +626,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     };
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
+    let tables = plan_tables(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
         (Some(p), n) if n.any() => {
@@ -660,11 +664,13 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         }
     }
     let (tensors, meta, lin_bits, lin_weights, forward_seconds) =
-        run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
+        run(&model, o, &tokens, seqlen, &plans, &tables, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
     // Whole-checkpoint accounting: the count inspect makes of the written files.
     let _ = (lin_bits, lin_weights);
-    let size =
-        SizeCount::of(tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.data.len() as u64)), &packed_modules(&model, &plans));
+    let size = SizeCount::of(
+        tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.data.len() as u64)),
+        &packed_modules(&model, &plans, &tables),
+    );
     let mut summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
@@ -745,20 +751,22 @@ fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path
     Ok(())
 }
 
-/// The packed modules of a plan: prefix → `(out, in)`.
-pub(crate) fn packed_modules(model: &Model, plans: &[Vec<Option<LinearPlan>>]) -> BTreeMap<String, (usize, usize)> {
+/// The packed modules of a plan (decoder linears and tables): prefix → `(out, in)`.
+pub(crate) fn packed_modules(
+    model: &Model,
+    plans: &[Vec<Option<LinearPlan>>],
+    tables: &[(&'static str, LinearPlan)],
+) -> BTreeMap<String, (usize, usize)> {
     let specs = model.cfg.family.linears();
-    plans
-        .iter()
-        .enumerate()
-        .flat_map(|(i, row)| {
-            specs
-                .iter()
-                .zip(row)
-                .filter(|(_, p)| p.is_some())
-                .map(move |(s, _)| (format!("model.layers.{i}.{}", s.name), model.linear_shape(s)))
-        })
-        .collect()
+    let (v, d) = (model.cfg.vocab_size, model.cfg.hidden_size);
+    let layers = plans.iter().enumerate().flat_map(|(i, row)| {
+        specs
+            .iter()
+            .zip(row)
+            .filter(|(_, p)| p.is_some())
+            .map(move |(s, _)| (format!("model.layers.{i}.{}", s.name), model.linear_shape(s)))
+    });
+    tables.iter().map(|t| (t.0.to_string(), (v, d))).chain(layers).collect()
 }
 
 type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
@@ -919,18 +927,99 @@ pub(crate) fn check_finite_tail(model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Embeddings, final norm and lm_head in the output float type.
-pub(crate) fn tail_tensors(model: &Model, fd: Dtype) -> Result<Vec<OutTensor>> {
+/// The token embedding and lm_head tables: kept in float unless an `--override` names them
+/// (`embed_tokens=rtn:8`, `lm_head=rtn:6`), then stored in the lowbit layout.
+pub const TABLES: [&str; 2] = ["model.embed_tokens", "lm_head"];
+
+/// The plans of the stored tables an `--override` names, decided before any work. With tied
+/// embeddings only `model.embed_tokens` is stored; an override of either name applies to it,
+/// and two different ones are refused. Tables are quantized without calibration data (rtn,
+/// statsq, shift), in the lowbit layout only.
+pub fn plan_tables(model: &Model, o: &Options) -> Result<Vec<(&'static str, LinearPlan)>> {
+    let c = &model.cfg;
+    let fmt = o.format.name();
+    let mut plans: Vec<(&'static str, LinearPlan, String)> = Vec::new();
+    for name in TABLES {
+        let Some(v) = o.overrides.iter().rfind(|v| v.pattern.is_match(name)) else { continue };
+        let by = format!("{name} (--override '{}')", v.pattern);
+        match o.format {
+            Format::Lowbit => {}
+            Format::Gguf => bail!("{by}: --format gguf sets the table types with --token-embedding-type / --output-tensor-type"),
+            _ => bail!(
+                "{by}: --format {fmt} keeps the token embedding and lm_head in float (its loaders read no packed tables); use --format lowbit"
+            ),
+        }
+        if v.ty.is_some() {
+            bail!("{by}: a GGUF block type for a table needs --format gguf (--token-embedding-type / --output-tensor-type)");
+        }
+        if v.method.needs(o).any() || v.method.is_vq() {
+            bail!(
+                "{by}: --method {} needs calibration statistics of a linear's inputs; tables are quantized with rtn, statsq or shift",
+                v.method.name()
+            );
+        }
+        let p = LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size), ty: None };
+        if let Err(e) = Format::Lowbit.check(&p.want(o), c.vocab_size, c.hidden_size) {
+            bail!("{by}: {e}");
+        }
+        plans.push((name, p, by));
+    }
+    if c.tie_word_embeddings {
+        // One stored table serves both.
+        if let [(_, a, x), (_, b, y)] = plans.as_slice() {
+            if a != b {
+                bail!("{x} and {y}: the embeddings are tied (stored once), so both overrides must give the same plan");
+            }
+        }
+        plans.truncate(1);
+        if let Some(p) = plans.first_mut() {
+            p.0 = TABLES[0];
+        }
+    }
+    Ok(plans.into_iter().map(|(n, p, _)| (n, p)).collect())
+}
+
+/// Embeddings, final norm and lm_head in the output float type, or for a table `tables` plans,
+/// packed in the lowbit layout (`--dry-run`: zero tensors of the layout's exact shapes); with
+/// the lowbit metadata of the packed tables.
+pub(crate) fn tail_tensors(
+    model: &Model,
+    o: &Options,
+    tables: &[(&'static str, LinearPlan)],
+    dry_run: bool,
+) -> Result<(Vec<OutTensor>, Vec<(String, LowbitModuleMeta)>)> {
+    let c = &model.cfg;
+    let (v, d, fd) = (c.vocab_size, c.hidden_size, o.float_dtype);
     let mut out = Vec::new();
-    let mut names = vec!["model.embed_tokens.weight", "model.norm.weight"];
-    if !model.cfg.tie_word_embeddings {
-        names.push("lm_head.weight");
+    let mut meta = Vec::new();
+    let mut names = vec!["model.embed_tokens", "model.norm"];
+    if !c.tie_word_embeddings {
+        names.push("lm_head");
     }
     for n in names {
-        out.push(model.ck.converted(n, fd)?);
+        match tables.iter().find(|t| t.0 == n) {
+            None => out.push(model.ck.converted(&format!("{n}.weight"), fd)?),
+            Some((_, p)) if dry_run => {
+                for (suffix, dt, shape) in Format::Lowbit.tensor_specs(&p.want(o), v, d) {
+                    let len = shape.iter().product::<usize>() * dt.bitsize() / 8;
+                    out.push(OutTensor { name: format!("{n}.{suffix}"), dtype: dt, shape, data: vec![0; len] });
+                }
+            }
+            Some((_, p)) => {
+                let w = model.ck.f32_shaped(&format!("{n}.weight"), &[v, d])?;
+                let q = match p.method.grid() {
+                    Grid::HalfInt => statsq::statsq(&w, v, d, p.bits, p.group_size, None),
+                    Grid::Shift => shift::shift(&w, v, d, p.bits, p.group_size, None),
+                    Grid::Affine => rtn::quantize(&w, v, d, p.bits, p.group_size, o.sym),
+                };
+                let packed = crate::pack::LowbitPacked::pack(&q).with_context(|| format!("{n}: cannot pack"))?;
+                meta.push((n.to_string(), packed.meta(p.method.name())));
+                out.extend(packed.to_tensors(n));
+            }
+        }
         model.ck.release_pages();
     }
-    Ok(out)
+    Ok((out, meta))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -940,6 +1029,7 @@ fn run(
     tokens: &[u32],
     seqlen: usize,
     plans: &[Vec<Option<LinearPlan>>],
+    tables: &[(&'static str, LinearPlan)],
     needs: Needs,
     dry_run: bool,
     mut ckpt: Option<&mut checkpoint::Checkpointer>,
@@ -1010,7 +1100,9 @@ fn run(
             out.extend(ck.read_layer(i)?);
         }
     }
-    out.extend(tail_tensors(model, o.float_dtype)?);
+    let (tail, tail_meta) = tail_tensors(model, o, tables, dry_run)?;
+    out.extend(tail);
+    meta.modules.extend(tail_meta);
     Ok((out, meta, lin_bits, lin_weights, fwd))
 }
 

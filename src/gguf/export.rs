@@ -465,7 +465,7 @@ pub fn build_model(
     let tied = cfg.tie_word_embeddings;
     let (embd_ty, out_ty) = embd_output_types(base, embd, output, tied);
     let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-    let mut push = |w: &mut GgufWriter, name: String, shape: &[usize], ty: GgmlType, data: Vec<u8>| {
+    let push = |w: &mut GgufWriter, name: String, shape: &[usize], ty: GgmlType, data: Vec<u8>| {
         w.tensors.push(WTensor { name, dims: shape.iter().rev().map(|&x| x as u64).collect(), ty, data });
     };
     let e = model.ck.f32_shaped("model.embed_tokens.weight", &[v, d])?;
