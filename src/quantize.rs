@@ -12,7 +12,7 @@ use crate::escape;
 use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
 use crate::outdir::{OutDir, Source};
-use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed, PackedLayout, SizeCount, Want};
+use crate::pack::{LowbitModuleMeta, LowbitQuantConfig, Packed, PackedLayout, SizeCount, Want};
 use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
@@ -979,15 +979,13 @@ pub fn plan_tables(model: &Model, o: &Options) -> Result<Vec<(&'static str, Line
     Ok(plans.into_iter().map(|(n, p, _)| (n, p)).collect())
 }
 
+/// The tail tensors and the lowbit metadata of the packed tables.
+pub(crate) type TailOut = (Vec<OutTensor>, Vec<(String, LowbitModuleMeta)>);
+
 /// Embeddings, final norm and lm_head in the output float type, or for a table `tables` plans,
 /// packed in the lowbit layout (`--dry-run`: zero tensors of the layout's exact shapes); with
 /// the lowbit metadata of the packed tables.
-pub(crate) fn tail_tensors(
-    model: &Model,
-    o: &Options,
-    tables: &[(&'static str, LinearPlan)],
-    dry_run: bool,
-) -> Result<(Vec<OutTensor>, Vec<(String, LowbitModuleMeta)>)> {
+pub(crate) fn tail_tensors(model: &Model, o: &Options, tables: &[(&'static str, LinearPlan)], dry_run: bool) -> Result<TailOut> {
     let c = &model.cfg;
     let (v, d, fd) = (c.vocab_size, c.hidden_size, o.float_dtype);
     let mut out = Vec::new();
@@ -1121,43 +1119,20 @@ pub(crate) fn write_output(
     let c = &model.cfg;
     write_safetensors(&tmp.join("model.safetensors"), tensors, None)?;
     let mut cfg = model.cfg.raw.clone();
-    cfg["quantization_config"] = match o.format {
-        Format::Lowbit => serde_json::to_value(meta)?,
-        Format::Awq => AwqPacked::quantization_config(o.group_size),
-        Format::Gptq => {
-            let modules: Vec<(String, Option<(u8, usize)>)> = (0..c.num_layers)
-                .flat_map(|i| {
-                    c.family
-                        .linears()
-                        .iter()
-                        .zip(&plans[i])
-                        .map(move |(s, p)| (format!("model.layers.{i}.{}", s.name), p.map(|p| (p.bits, p.group_size))))
-                })
-                .collect();
-            GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym, &modules)
-        }
-        Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
-    };
-    let float: Vec<String> = (0..c.num_layers)
+    // Every decoder linear in table order with its (bits, group size), None when kept in float.
+    let modules: Vec<(String, Option<(u8, usize)>)> = (0..c.num_layers)
         .flat_map(|i| {
-            c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name))
+            c.family
+                .linears()
+                .iter()
+                .zip(&plans[i])
+                .map(move |(s, p)| (format!("model.layers.{i}.{}", s.name), p.map(|p| (p.bits, p.group_size))))
         })
         .collect();
-    if !float.is_empty() && o.format != Format::Lowbit {
-        // transformers matches these as substrings of module names: a linear kept in float in
-        // every layer is listed by its short name, otherwise by full name.
-        let mut names: Vec<String> = Vec::new();
-        for spec in c.family.linears() {
-            let short = spec.name.rsplit('.').next().unwrap_or(spec.name);
-            let layers: Vec<&String> = float.iter().filter(|f| f.ends_with(&format!(".{}", spec.name))).collect();
-            if layers.len() == c.num_layers {
-                names.push(short.to_string());
-            } else {
-                names.extend(layers.into_iter().cloned());
-            }
-        }
-        cfg["quantization_config"]["modules_to_not_convert"] = names.into();
-    }
+    cfg["quantization_config"] = match o.format {
+        Format::Lowbit => serde_json::to_value(meta)?,
+        f => f.hf_quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym, c.num_layers, &modules),
+    };
     cfg["torch_dtype"] = format!("{:?}", o.float_dtype)
         .to_lowercase()
         .replace("f16", "float16")

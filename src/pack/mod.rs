@@ -190,10 +190,10 @@ impl Layout {
                 if w.g_idx && inn.div_ceil(g) > 1 {
                     return Err("AutoAWQ's GEMM layout has no g_idx (act-order regroups the input columns)".into());
                 }
-                if inn % g != 0 {
+                if !inn.is_multiple_of(g) {
                     return Err(format!("AutoAWQ's GEMM layout needs in_features ({inn}) divisible by the group size ({g})"));
                 }
-                if out % 8 != 0 {
+                if !out.is_multiple_of(8) {
                     return Err(format!("AutoAWQ's GEMM layout needs out_features ({out}) divisible by 8"));
                 }
             }
@@ -207,7 +207,7 @@ impl Layout {
                 if w.grid != Grid::Affine {
                     return Err(format!("the GPTQ v1 layout holds the affine grid only, not {}", lowbit::grid_name::name(w.grid)));
                 }
-                if inn % 32 != 0 || out % 32 != 0 {
+                if !inn.is_multiple_of(32) || !out.is_multiple_of(32) {
                     return Err(format!(
                         "the GPTQ v1 layout packs in 32-element runs: in_features ({inn}) and out_features ({out}) must be multiples of 32"
                     ));
@@ -251,6 +251,54 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The `quantization_config` of an HF layout (AWQ, GPTQ) for a checkpoint whose decoder
+    /// linears are `modules` (full name, `(bits, group_size)` or `None` when kept in float;
+    /// `n_layers` layers): the layout's own header (GPTQ with GPTQModel's per-module `dynamic`
+    /// entries), plus `modules_to_not_convert` for the float ones. transformers matches these
+    /// names as substrings, so a linear kept in float in every layer is listed by its short name,
+    /// otherwise by full name. The planner refused what a header cannot say (AWQ mixtures).
+    pub fn hf_quantization_config(
+        self,
+        bits: u8,
+        group_size: usize,
+        desc_act: bool,
+        sym: bool,
+        n_layers: usize,
+        modules: &[(String, Option<(u8, usize)>)],
+    ) -> serde_json::Value {
+        let mut c = match self {
+            Layout::Awq => AwqPacked::quantization_config(group_size),
+            Layout::Gptq => GptqPacked::quantization_config(bits, group_size, desc_act, sym, modules),
+            Layout::Lowbit | Layout::Gguf => unreachable!("{} is not an HF layout", self.name()),
+        };
+        let float: Vec<&str> = modules.iter().filter(|m| m.1.is_none()).map(|m| m.0.as_str()).collect();
+        if !float.is_empty() {
+            // The linear's name within its layer: what follows "model.layers.N.".
+            let within =
+                |n: &str| n.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).map_or(n.to_string(), |(_, l)| l.to_string());
+            let mut kinds: Vec<String> = Vec::new();
+            for m in modules {
+                let k = within(&m.0);
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+            let mut names: Vec<String> = Vec::new();
+            for k in kinds {
+                let layers: Vec<&str> = float.iter().copied().filter(|f| within(f) == k).collect();
+                if layers.len() == n_layers {
+                    names.push(k.rsplit('.').next().unwrap_or(&k).to_string());
+                } else {
+                    names.extend(layers.into_iter().map(str::to_string));
+                }
+            }
+            c["modules_to_not_convert"] = names.into();
+        }
+        c
+    }
+}
+
 /// Name suffixes of the tensors that make up a packed module, in any layout (group layouts and
 /// lowbit's VQ layout; GGUF block tensors end in `.ggml_TYPE`); a module's other tensors
 /// (`.bias`) are plain float tensors.
@@ -272,7 +320,7 @@ pub const PACKED_SUFFIXES: [&str; 13] = [
 
 /// The module prefix of a tensor that belongs to a packed module (`None` for a float tensor).
 /// `is_module(prefix)` says whether `prefix` is a packed module of the checkpoint.
-pub fn packed_module_of<'a>(name: &'a str, is_module: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn packed_module_of(name: &str, is_module: impl Fn(&str) -> bool) -> Option<&str> {
     let (prefix, suffix) = name.rsplit_once('.')?;
     (PACKED_SUFFIXES.contains(&suffix) || suffix.starts_with("ggml_")).then_some(prefix).filter(|p| is_module(p))
 }
