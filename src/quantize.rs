@@ -931,7 +931,8 @@ pub(crate) fn check_finite_tail(model: &Model) -> Result<()> {
 /// (`embed_tokens=rtn:8`, `lm_head=rtn:6`), then stored in the lowbit layout.
 pub const TABLES: [&str; 2] = ["model.embed_tokens", "lm_head"];
 
-/// The plans of the stored tables an `--override` names, decided before any work. With tied
+/// The plans of the stored tables an `--override` names (its pattern matches the table's name
+/// and no decoder linear's), decided before any work. With tied
 /// embeddings only `model.embed_tokens` is stored; an override of either name applies to it,
 /// and two different ones are refused. Tables are quantized without calibration data (rtn,
 /// statsq, shift), in the lowbit layout only.
@@ -939,8 +940,13 @@ pub fn plan_tables(model: &Model, o: &Options) -> Result<Vec<(&'static str, Line
     let c = &model.cfg;
     let fmt = o.format.name();
     let mut plans: Vec<(&'static str, LinearPlan, String)> = Vec::new();
+    // An override names a table when its pattern matches the table and no decoder linear (so a
+    // broad pattern such as '.*' keeps applying to the linears only).
+    let linear_names: Vec<String> =
+        (0..c.num_layers).flat_map(|i| c.family.linears().iter().map(move |l| format!("model.layers.{i}.{}", l.name))).collect();
+    let names_table = |v: &&Override, name: &str| v.pattern.is_match(name) && !linear_names.iter().any(|l| v.pattern.is_match(l));
     for name in TABLES {
-        let Some(v) = o.overrides.iter().rfind(|v| v.pattern.is_match(name)) else { continue };
+        let Some(v) = o.overrides.iter().rfind(|v| names_table(v, name)) else { continue };
         let by = format!("{name} (--override '{}')", v.pattern);
         match o.format {
             Format::Lowbit => {}

@@ -149,6 +149,15 @@ fn quantized_tables_untied_and_tied() {
     let (code, _, err) = quantize(&d, &tmp.path().join("x"), &["--override", "lm_head=rtn:8", "--override", "embed_tokens=rtn:6"]);
     assert_eq!(code, 2);
     assert!(err.contains("tied"), "{err}");
+
+    // A pattern that also matches decoder linears applies to them only; the tables stay float.
+    let b = tmp.path().join("broad");
+    let (code, _, err) = quantize(&stories(), &b, &["--override", ".*=rtn:8"]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(b.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.tensor("model.embed_tokens.weight").is_ok() && st.tensor("lm_head.weight").is_ok());
+    assert!(st.tensor("model.layers.0.mlp.down_proj.qweight").is_ok());
 }
 
 fn p_params(model: &Path) -> Value {
