@@ -39,9 +39,22 @@ fn module_bits(qc: &serde_json::Value, prefix: &str) -> (usize, usize) {
     (b, g as usize)
 }
 
-/// Field `k` (`bits` wide, 2/4/8) of a row of 32-bit words: word `k / (32/bits)`, shifted by
-/// `bits * (k % (32/bits))`, as GPTQ's `unpack_rows` / `unpack_cols` do.
+/// Field `k` (`bits` wide) of a run of 32-bit words. 2/4/8 bits: word `k / (32/bits)`, shifted
+/// by `bits * (k % (32/bits))`, as GPTQ's `unpack_rows` / `unpack_cols` do. 3 bits: GPTQModel's
+/// `_unpack_cols_3bit` scheme, 32 fields per 3 words: fields 0..10 at `3j` of word 0, field 10
+/// = word 0 bits 30..31 + word 1 bit 0, fields 11..21 at `3(j-11)+1` of word 1, field 21 = word 1
+/// bit 31 + word 2 bits 0..1, fields 22..32 at `3(j-22)+2` of word 2.
 fn field(words: impl Fn(usize) -> u32, bits: usize, k: usize) -> u32 {
+    if bits == 3 {
+        let (w, j) = (3 * (k / 32), k % 32);
+        return match j {
+            0..=9 => (words(w) >> (3 * j)) & 7,
+            10 => (words(w) >> 30) & 3 | (words(w + 1) & 1) << 2,
+            11..=20 => (words(w + 1) >> (3 * (j - 11) + 1)) & 7,
+            21 => (words(w + 1) >> 31) & 1 | (words(w + 2) & 3) << 1,
+            _ => (words(w + 2) >> (3 * (j - 22) + 2)) & 7,
+        };
+    }
     let per = 32 / bits;
     (words(k / per) >> (bits * (k % per))) & ((1 << bits) - 1)
 }
@@ -127,9 +140,11 @@ fn asymmetric_gptq_export_reads_back_by_the_loader_rules() {
     let models = [
         (stories(), "256", vec!["--group-size", "32", "--skip", r"mlp\."]),
         (shared("testdata/arch/qwen2-bias"), "96", vec!["--group-size", "32"]),
+        // 3-bit: AutoGPTQ's cross-word packing (codes 10 and 21 of every 32 straddle two words).
+        (shared("testdata/arch/qwen2-bias"), "96", vec!["--bits", "3", "--group-size", "32"]),
     ];
     for (m, ctx, base) in &models {
-        let tag = m.file_name().unwrap().to_string_lossy().into_owned();
+        let tag = format!("{}{}", m.file_name().unwrap().to_string_lossy(), if base.contains(&"3") { "-3bit" } else { "" });
         for act in [false, true] {
             let mut extra: Vec<&str> = base.clone();
             if act {
@@ -148,6 +163,7 @@ fn asymmetric_gptq_export_reads_back_by_the_loader_rules() {
             assert_eq!(cfg["quantization_config"]["desc_act"], act);
             let n = rebuild(&g, &f);
             assert_eq!(n, if tag == "stories260K" { 20 } else { 14 }, "{name}: packed modules");
+            assert_eq!(cfg["quantization_config"]["bits"], if tag.ends_with("3bit") { 3 } else { 4 });
             let (pg, pl, pf) = (ppl(&g, ctx), ppl(&l, ctx), ppl(&f, ctx));
             eprintln!("{name}: gptq dir {pg}, lowbit dir {pl}, loader-rule rebuild {pf}");
             assert!(pg.is_finite() && pg > 1.0, "{name}: ppl {pg}");
