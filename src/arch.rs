@@ -46,11 +46,24 @@ pub struct LinearSpec {
     pub input: Input,
 }
 
+/// The module whose output AWQ's scale search scores a group's candidates by (AutoAWQ's
+/// `module2inspect`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inspect {
+    /// The group's own linears.
+    Linears,
+    /// The whole self-attention block, through o_proj.
+    Attention,
+    /// The whole MLP, through down_proj.
+    Mlp,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ScaleGroup {
     pub input: Input,
     pub producer: Producer,
     pub linears: &'static [&'static str],
+    pub inspect: Inspect,
 }
 
 const LLAMA_LINEARS: &[LinearSpec] = &[
@@ -70,10 +83,21 @@ const LLAMA_GROUPS: &[ScaleGroup] = &[
         input: Input::AttnIn,
         producer: Producer::Norm("input_layernorm"),
         linears: &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        inspect: Inspect::Attention,
     },
-    ScaleGroup { input: Input::AttnOut, producer: Producer::Linear("self_attn.v_proj"), linears: &["self_attn.o_proj"] },
-    ScaleGroup { input: Input::MlpIn, producer: Producer::Norm("post_attention_layernorm"), linears: &["mlp.gate_proj", "mlp.up_proj"] },
-    ScaleGroup { input: Input::MlpAct, producer: Producer::Linear("mlp.up_proj"), linears: &["mlp.down_proj"] },
+    ScaleGroup {
+        input: Input::AttnOut,
+        producer: Producer::Linear("self_attn.v_proj"),
+        linears: &["self_attn.o_proj"],
+        inspect: Inspect::Linears,
+    },
+    ScaleGroup {
+        input: Input::MlpIn,
+        producer: Producer::Norm("post_attention_layernorm"),
+        linears: &["mlp.gate_proj", "mlp.up_proj"],
+        inspect: Inspect::Mlp,
+    },
+    ScaleGroup { input: Input::MlpAct, producer: Producer::Linear("mlp.up_proj"), linears: &["mlp.down_proj"], inspect: Inspect::Linears },
 ];
 
 impl Family {

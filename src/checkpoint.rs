@@ -32,6 +32,8 @@ pub struct State {
     pub lin_bits: u64,
     pub lin_weights: u64,
     pub forward_seconds: f64,
+    #[serde(default)]
+    pub search_seconds: f64,
 }
 
 /// Size and xxh3-128 (hex) of a checkpoint file.

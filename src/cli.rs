@@ -92,9 +92,17 @@ pub struct QuantSettings {
     /// Float type of embeddings, norms and lm_head.
     #[arg(help_heading = "Output", long, value_enum, default_value_t = FloatType::F16)]
     pub float_dtype: FloatType,
-    /// Calibration tokens per input kept for AWQ's scale search (subsampled evenly).
+    /// Calibration tokens kept for AWQ's scale search, as whole windows evenly spaced over the
+    /// calibration windows (rounded up to whole windows; the attention block is run on them).
     #[arg(help_heading = "AWQ", long, default_value_t = 2048)]
     pub search_tokens: usize,
+    /// AWQ: the span of each group's asymmetric grid (search, clip and stored codes).
+    #[arg(help_heading = "AWQ", long, value_enum, default_value_t = crate::quant::rtn::Range::WithZero)]
+    pub awq_range: crate::quant::rtn::Range,
+    /// AWQ: AutoAWQ's symmetric clip search (one shrink for both ends of a group's range) instead
+    /// of shrinking the two ends separately.
+    #[arg(help_heading = "AWQ", long)]
+    pub awq_symmetric_clip: bool,
     /// Mixed precision: linears whose full name (e.g. model.layers.3.mlp.down_proj) matches REGEX
     /// get METHOD:BITS[:GROUP] instead, METHOD:TYPE with a GGUF block type, or 'vptq' (sized by
     /// --vector-len / --centroids) (repeatable; the last match wins; a pattern that matches no
@@ -169,6 +177,8 @@ impl QuantSettings {
             force: self.force,
             float_dtype: self.float_dtype.dtype(),
             search_tokens: self.search_tokens,
+            awq_range: self.awq_range,
+            awq_symmetric_clip: self.awq_symmetric_clip,
             overrides: self.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
             resume: false,
             act_order: self.act_order,
@@ -223,9 +233,10 @@ pub struct QuantizeArgs {
     /// Output layout.
     #[arg(long, value_enum, default_value_t = Format::Lowbit)]
     pub format: Format,
-    /// GPTQ/VPTQ: calibrate later layers on the float model's activations instead of re-running
-    /// each quantized layer (about 1 FP forward less; the default is GPTQ's sequential scheme).
-    #[arg(help_heading = "GPTQ", long)]
+    /// AWQ/GPTQ/VPTQ: calibrate later layers on the float model's activations instead of
+    /// re-running each quantized layer (about 1 FP forward less; the default is GPTQ's sequential
+    /// scheme; AutoAWQ calibrates on the float model's activations).
+    #[arg(help_heading = "Calibration", long)]
     pub propagate_fp: bool,
     /// Print the output size and bits per weight without quantizing.
     #[arg(help_heading = "Output", long)]
@@ -559,6 +570,13 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
                 "time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)",
                 s.seconds, s.calib_tokens, s.forward_seconds
             );
+            if s.search_seconds > 0.0 {
+                println!(
+                    "AWQ search       {:.1} s ({:.2} × the calibration forward)",
+                    s.search_seconds,
+                    s.search_seconds / s.forward_seconds.max(1e-9)
+                );
+            }
             if let Some(p) = s.peak_rss_bytes {
                 println!("peak memory      {}", fmt_bytes(p));
             }

@@ -340,38 +340,75 @@ impl Model {
 
     fn forward_chunk(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
         let c = &self.cfg;
-        let d = c.hidden_size;
-        let rows = h.len() / d;
         let xn = rms_norm(h, &lw.input_norm, c.rms_norm_eps);
-        hook(Input::AttnIn, &xn, rows);
-        let mut q = lw.get("self_attn.q_proj").forward(&xn, rows);
-        let mut k = lw.get("self_attn.k_proj").forward(&xn, rows);
-        let v = lw.get("self_attn.v_proj").forward(&xn, rows);
+        let o = self.attention_block(lw, &xn, seq_len, hook);
         drop(xn);
+        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        drop(o);
+        let xn = rms_norm(h, &lw.post_norm, c.rms_norm_eps);
+        let dn = self.mlp_block(lw, &xn, hook);
+        h.iter_mut().zip(&dn).for_each(|(a, b)| *a += b);
+    }
+
+    /// Self-attention of layer `lw` on its normed input `xn` (whole sequences of `seq_len`
+    /// tokens), through o_proj: the block's contribution to the residual stream.
+    fn attention_block(&self, lw: &LayerWeights, xn: &[f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) -> Vec<f32> {
+        let rows = xn.len() / self.cfg.hidden_size;
+        hook(Input::AttnIn, xn, rows);
+        let mut q = lw.get("self_attn.q_proj").forward(xn, rows);
+        let mut k = lw.get("self_attn.k_proj").forward(xn, rows);
+        let v = lw.get("self_attn.v_proj").forward(xn, rows);
+        let eps = self.cfg.rms_norm_eps;
         if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
             // Per-head RMSNorm (qwen3): rows of head_dim values.
-            q = rms_norm(&q, qn, c.rms_norm_eps);
-            k = rms_norm(&k, kn, c.rms_norm_eps);
+            q = rms_norm(&q, qn, eps);
+            k = rms_norm(&k, kn, eps);
         }
         self.apply_rope(&mut q, &mut k, rows, seq_len);
-        let att = self.attention(&q, &k, &v, rows, seq_len, c.window(lw.index));
+        let att = self.attention(&q, &k, &v, rows, seq_len, self.cfg.window(lw.index));
         drop((q, k, v));
         hook(Input::AttnOut, &att, rows);
-        let o = lw.get("self_attn.o_proj").forward(&att, rows);
-        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        drop((att, o));
-        let xn = rms_norm(h, &lw.post_norm, c.rms_norm_eps);
-        hook(Input::MlpIn, &xn, rows);
-        let mut g = lw.get("mlp.gate_proj").forward(&xn, rows);
-        let u = lw.get("mlp.up_proj").forward(&xn, rows);
-        drop(xn);
+        lw.get("self_attn.o_proj").forward(&att, rows)
+    }
+
+    /// The gated MLP of layer `lw` on its normed input `xn`, through down_proj.
+    fn mlp_block(&self, lw: &LayerWeights, xn: &[f32], hook: &mut dyn FnMut(Input, &[f32], usize)) -> Vec<f32> {
+        let rows = xn.len() / self.cfg.hidden_size;
+        hook(Input::MlpIn, xn, rows);
+        let mut g = lw.get("mlp.gate_proj").forward(xn, rows);
+        let u = lw.get("mlp.up_proj").forward(xn, rows);
         g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
             g.iter_mut().zip(u).for_each(|(a, b)| *a = silu(*a) * b);
         });
         drop(u);
         hook(Input::MlpAct, &g, rows);
-        let dn = lw.get("mlp.down_proj").forward(&g, rows);
-        h.iter_mut().zip(&dn).for_each(|(a, b)| *a += b);
+        lw.get("mlp.down_proj").forward(&g, rows)
+    }
+
+    /// The attention block's output (after o_proj, before the residual add) for `xn`, the
+    /// `input_layernorm` output of whole sequences of `seq_len` tokens: what AWQ's search of the
+    /// q/k/v scales scores. The same code path as [`Model::forward_layer`].
+    pub fn attention_output(&self, lw: &LayerWeights, xn: &[f32], seq_len: usize) -> Vec<f32> {
+        let d = self.cfg.hidden_size;
+        assert!(seq_len > 0 && xn.len().is_multiple_of(seq_len * d));
+        let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
+        let mut out = Vec::with_capacity(xn.len());
+        for x in xn.chunks(seqs_per_chunk * seq_len * d) {
+            out.extend(self.attention_block(lw, x, seq_len, &mut |_, _, _| {}));
+        }
+        out
+    }
+
+    /// The MLP's output (after down_proj, before the residual add) for `xn`, rows of the
+    /// `post_attention_layernorm` output: what AWQ's search of the gate/up scales scores.
+    pub fn mlp_output(&self, lw: &LayerWeights, xn: &[f32]) -> Vec<f32> {
+        let d = self.cfg.hidden_size;
+        assert!(xn.len().is_multiple_of(d));
+        let mut out = Vec::with_capacity(xn.len());
+        for x in xn.chunks(CHUNK_TOKENS * d) {
+            out.extend(self.mlp_block(lw, x, &mut |_, _, _| {}));
+        }
+        out
     }
 
     fn apply_rope(&self, q: &mut [f32], k: &mut [f32], rows: usize, seq_len: usize) {

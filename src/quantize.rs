@@ -90,11 +90,12 @@ impl Method {
 
     /// Statistics this method reads from the calibration pass.
     pub(crate) fn needs(self, o: &Options) -> Needs {
-        let awq = Needs { mean_abs: true, sample_rows: o.search_tokens, ..Needs::default() };
+        let awq = Needs { mean_abs: true, window_tokens: o.search_tokens, ..Needs::default() };
         match self {
             Method::Rtn | Method::Statsq | Method::Shift => Needs::default(),
-            // On GGUF block grids, the block fit after AWQ's scaling is weighted by E[x²].
-            Method::Awq => Needs { mean_sq: o.format == Format::Gguf || o.gguf_type.is_some(), ..awq },
+            // The clip search's sample too; on GGUF block grids, the block fit after AWQ's scaling
+            // is weighted by E[x²].
+            Method::Awq => Needs { strided_rows: awq::CLIP_TOKENS, mean_sq: o.format == Format::Gguf || o.gguf_type.is_some(), ..awq },
             // AWQ's search in front of the aware quantizer.
             Method::AwqStatsq | Method::AwqShift => Needs { mean_sq: o.aware_weight == AwareWeight::MeanSq, ..awq },
             Method::StatsqAware | Method::ShiftAware => match o.aware_weight {
@@ -112,7 +113,7 @@ impl Method {
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        matches!(self, Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
+        matches!(self, Method::Awq | Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
     }
 
     /// Vector quantization (stored in the VQ layout, lowbit format only).
@@ -230,8 +231,12 @@ pub struct Options {
     pub force: bool,
     /// Float type of embeddings, norms and lm_head in the output.
     pub float_dtype: Dtype,
-    /// Calibration rows kept per input for AWQ's searches.
+    /// Calibration tokens (whole windows) kept for AWQ's scale search.
     pub search_tokens: usize,
+    /// The span of AWQ's asymmetric grids.
+    pub awq_range: rtn::Range,
+    /// AWQ: AutoAWQ's symmetric clip search instead of the two-sided one.
+    pub awq_symmetric_clip: bool,
     /// Per-linear exceptions; the last matching override wins.
     pub overrides: Vec<Override>,
     /// Linears whose full name matches one of these stay in float.
@@ -244,7 +249,7 @@ pub struct Options {
     pub vptq: vptq::VptqConfig,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
     pub act_order: bool,
-    /// Feed later layers the float layer's outputs even for GPTQ/VPTQ (one forward per layer
+    /// Feed later layers the float layer's outputs even for AWQ/GPTQ/VPTQ (one forward per layer
     /// instead of two; the default re-runs each layer with its quantized weights).
     pub propagate_fp: bool,
     /// GPTQ with act-order: group parameters from the natural column groups (no g_idx).
@@ -291,6 +296,8 @@ pub struct Summary {
     /// Seconds spent in the calibration forward pass itself (one FP forward over the calibration
     /// tokens, statistics excluded): the yardstick of the benchmark ratios.
     pub forward_seconds: f64,
+    /// Seconds in AWQ's scale and clip searches (0 for other methods).
+    pub search_seconds: f64,
     pub bytes: u64,
     /// Stored bits per weight of the quantized linears (scales, zeros and indices included).
     pub linear_bpw: f64,
@@ -368,12 +375,12 @@ fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
 /// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against). The
 /// row arrives multiplied by the candidate channel scales `s`; `imp` is the aware methods'
 /// importance of the unscaled inputs, which the quantizer sees through `s` ([`scaled_importance`]).
-type RowQuantizer = Box<dyn Fn(&mut [f32], &[f32]) + Sync>;
+type RowQuantizer = awq::BoxedRowFakeQuant;
 
 /// [`statsq::statsq`] or [`shift::shift`]: `(w, out, inn, bits, group, importance) -> codes`.
 type ZeroFreeQuantizer = fn(&[f32], usize, usize, u8, usize, Option<&[f32]>) -> GroupQ;
 
-fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
+fn row_quantizer(p: LinearPlan, sym: bool, range: rtn::Range, imp: Vec<f32>, aw: AwareWeight) -> RowQuantizer {
     let (b, g) = (p.bits, p.group_size);
     if let Some(ty) = p.ty {
         return Box::new(move |row: &mut [f32], _s: &[f32]| qgguf::fake_quant_row(ty, row, None));
@@ -386,7 +393,7 @@ fn row_quantizer(p: LinearPlan, sym: bool, imp: Vec<f32>, aw: AwareWeight) -> Ro
                 row.copy_from_slice(&d);
             })
         }
-        _ => Box::new(awq::rtn_row(b, g, sym)),
+        _ => Box::new(awq::rtn_row(b, g, sym, range)),
     }
 }
 
@@ -407,6 +414,40 @@ fn scaled_importance(imp: &[f32], s: Option<&[f32]>, aw: AwareWeight) -> Vec<f32
     }
 }
 
+/// AWQ's transform of layer `lw` ([`awq::scale_layer`], then [`awq::clip_layer`]): a group is
+/// searched when one of its linears uses an AWQ-family method, the first such plan setting the
+/// quantizer the search scores against; every `awq` linear but q/k is clipped. Returns the scales
+/// folded per input.
+fn awq_layer(
+    o: &Options,
+    model: &Model,
+    lw: &mut LayerWeights,
+    plan_of: &dyn Fn(&str) -> Option<LinearPlan>,
+    stats: &HashMap<Input, InputStats>,
+) -> HashMap<Input, Vec<f32>> {
+    let search_of = |g: &crate::arch::ScaleGroup| {
+        let p = g.linears.iter().filter_map(|n| plan_of(n)).find(|p| p.method.awq_search())?;
+        let imp = match p.method {
+            Method::Awq => Vec::new(),
+            _ => match o.aware_weight {
+                AwareWeight::MeanSq => stats[&g.input].mean_sq(),
+                AwareWeight::MeanAbs => stats[&g.input].mean_abs(),
+            },
+        };
+        Some((awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range), row_quantizer(p, o.sym, o.awq_range, imp, o.aware_weight)))
+    };
+    let folded = awq::scale_layer(model, lw, stats, &search_of);
+    let clip_of = |name: &str| {
+        plan_of(name)
+            // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
+            // range search takes its place.
+            .filter(|p| p.method == Method::Awq && p.ty.is_none())
+            .map(|p| awq::AwqConfig { clip_asym: !o.awq_symmetric_clip, ..awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range) })
+    };
+    awq::clip_layer(lw, stats, &folded, &clip_of);
+    folded
+}
+
 /// Quantize one layer's linears with their plans (after the methods' transforms of `lw`).
 /// Returns one entry per linear in table order; `None` keeps the linear in float.
 fn quantize_layer(
@@ -415,42 +456,18 @@ fn quantize_layer(
     lw: &mut LayerWeights,
     plans: &[Option<LinearPlan>],
     stats: &HashMap<Input, InputStats>,
+    search_seconds: &mut f64,
 ) -> Result<Vec<Option<QTensor>>> {
     let specs = model.cfg.family.linears();
     let plan_of = |name: &str| specs.iter().position(|s| s.name == name).and_then(|i| plans[i]);
-    let gqa = model.cfg.num_kv_heads != model.cfg.num_heads;
     let importance = |st: &InputStats| match o.aware_weight {
         AwareWeight::MeanSq => st.mean_sq(),
         AwareWeight::MeanAbs => st.mean_abs(),
     };
     // AWQ channel scales folded into each input's consumers (awq+statsq / awq+shift read them).
-    let mut folded: HashMap<Input, Vec<f32>> = HashMap::new();
-    for g in model.cfg.family.scale_groups(gqa) {
-        // The group is searched when its linears use an AWQ-family method (the first one's plan
-        // sets the quantizer the search scores against).
-        let Some(p) = g.linears.iter().filter_map(|n| plan_of(n)).find(|p| p.method.awq_search()) else { continue };
-        let cfg = awq::AwqConfig::new(p.bits, p.group_size, o.sym);
-        let st = &stats[&g.input];
-        let inn = st.dim;
-        let ws: Vec<&[f32]> = g.linears.iter().map(|n| lw.get(n).w.as_slice()).collect();
-        let imp = if p.method == Method::Awq { Vec::new() } else { importance(st) };
-        let fq = row_quantizer(p, o.sym, imp, o.aware_weight);
-        let (s, _loss) = awq::search_scale(&cfg, &st.sample, st.sample_rows(), &st.mean_abs(), &ws, inn, fq.as_ref());
-        awq::apply_scale(lw, &g, &s);
-        // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
-        // range search takes its place.
-        if cfg.clip && p.method == Method::Awq && p.ty.is_none() {
-            // The group's inputs are now x / s.
-            let n = st.sample_rows().min(512);
-            let mut x = st.sample[..n * inn].to_vec();
-            x.chunks_mut(inn).for_each(|r| r.iter_mut().zip(&s).for_each(|(v, s)| *v /= s));
-            for name in g.linears.iter().filter(|n| awq::clips(n) && plan_of(n).is_some_and(|p| p.method == Method::Awq)) {
-                let c = awq::AwqConfig::new(plan_of(name).unwrap().bits, plan_of(name).unwrap().group_size, o.sym);
-                awq::clip(&c, &mut lw.get_mut(name).w, inn, &x, n);
-            }
-        }
-        folded.insert(g.input, s);
-    }
+    let t = Instant::now();
+    let folded = awq_layer(o, model, lw, &plan_of, stats);
+    *search_seconds += t.elapsed().as_secs_f64();
     let mut out = Vec::new();
     let mut hessians: HashMap<Input, Vec<f64>> = HashMap::new();
     for (l, plan) in lw.linears.iter().zip(plans) {
@@ -471,7 +488,8 @@ fn quantize_layer(
             continue;
         }
         let q = match p.method {
-            Method::Rtn | Method::Awq => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
+            Method::Rtn => QTensor::Group(rtn::quantize(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym)),
+            Method::Awq => QTensor::Group(rtn::quantize_in(&l.w, l.out, l.inn, p.bits, p.group_size, o.sym, o.awq_range)),
             Method::Statsq => QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::StatsqAware | Method::AwqStatsq => {
                 QTensor::Group(statsq::statsq(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp())))
@@ -664,7 +682,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         }
     }
     // (The running linear bit counts are for --resume; sizes come from the written tensors.)
-    let (tensors, meta, _, _, forward_seconds) =
+    let (tensors, meta, _, _, forward_seconds, search_seconds) =
         run(&model, o, &tokens, seqlen, &plans, &tables, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
     // Whole-checkpoint accounting: the count inspect makes of the written files.
     let size = SizeCount::of(
@@ -680,6 +698,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         seconds: t0.elapsed().as_secs_f64(),
         calib_tokens: tokens.len(),
         forward_seconds,
+        search_seconds,
         bytes: size.bytes,
         linear_bpw: size.linear_bpw(),
         model_bpw: size.model_bpw(),
@@ -769,7 +788,8 @@ pub(crate) fn packed_modules(
     tables.iter().map(|t| (t.0.to_string(), (v, d))).chain(layers).collect()
 }
 
-type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64);
+/// Tensors, metadata, stored bits and weights of the linears, forward and search seconds.
+type RunOut = (Vec<OutTensor>, LowbitQuantConfig, u64, u64, f64, f64);
 
 /// Run decoder layer `lw` over the calibration hidden states `h` in place, gathering the
 /// statistics `needs` of every linear input. Returns them and the forward seconds (hooks excluded).
@@ -786,7 +806,7 @@ pub(crate) fn calibrate_layer(
     let dims =
         [(Input::AttnIn, c.hidden_size), (Input::AttnOut, c.q_dim()), (Input::MlpIn, c.hidden_size), (Input::MlpAct, c.intermediate_size)];
     for (inp, d) in dims {
-        stats.insert(inp, InputStats::new(d, rows, needs));
+        stats.insert(inp, InputStats::new(d, rows, seqlen, needs));
     }
     let (t, mut in_hooks) = (Instant::now(), 0f64);
     // The first linear input that is not finite (finite weights can still overflow the hidden
@@ -821,6 +841,8 @@ pub(crate) struct LayerOut {
     pub weights: u64,
     /// The quantized linears (table order), for propagation.
     pub quantized: Vec<Option<QTensor>>,
+    /// Seconds in AWQ's scale and clip searches.
+    pub search_seconds: f64,
 }
 
 /// Quantize and pack the linears of layer `lw` (modified in place by AWQ-style transforms), plus
@@ -837,6 +859,7 @@ pub(crate) fn layer_out(
     let fd = o.float_dtype;
     // --dry-run: GGUF block codes of a zero weight (their tensors do not depend on the values);
     // every other plan's tensors come from its layout's specs below.
+    let mut search_seconds = 0.0;
     let qs: Vec<Option<QTensor>> = if dry_run {
         lw.linears
             .iter()
@@ -844,10 +867,18 @@ pub(crate) fn layer_out(
             .map(|(l, p)| p.and_then(|p| p.ty).map(|t| QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None))))
             .collect()
     } else {
-        quantize_layer(o, model, lw, plan, stats)?
+        quantize_layer(o, model, lw, plan, stats, &mut search_seconds)?
     };
     let p = format!("model.layers.{}", lw.index);
-    let mut r = LayerOut { tensors: Vec::new(), modules: Vec::new(), vq_modules: Vec::new(), bits: 0, weights: 0, quantized: Vec::new() };
+    let mut r = LayerOut {
+        tensors: Vec::new(),
+        modules: Vec::new(),
+        vq_modules: Vec::new(),
+        bits: 0,
+        weights: 0,
+        quantized: Vec::new(),
+        search_seconds,
+    };
     for ((l, q), plan) in lw.linears.iter().zip(&qs).zip(plan) {
         let prefix = format!("{p}.{}", l.spec.name);
         match (q, plan) {
@@ -1042,16 +1073,16 @@ fn run(
 ) -> Result<RunOut> {
     let c = &model.cfg;
     let mut out: Vec<OutTensor> = Vec::new();
-    let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd) = match resume {
+    let (start, mut h, mut meta, mut lin_bits, mut lin_weights, mut fwd, mut search) = match resume {
         Some(st) => {
             let ck = ckpt.as_deref().expect("resume needs a checkpoint directory");
             let h = if seqlen > 0 { ck.read_hidden(tokens.len() * c.hidden_size)? } else { Vec::new() };
             eprintln!("resuming after layer {} of {}", st.layers_done, c.num_layers);
-            (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds)
+            (st.layers_done, h, st.meta, st.lin_bits, st.lin_weights, st.forward_seconds, st.search_seconds)
         }
         None => {
             let h = if seqlen > 0 && !dry_run { model.embed(tokens)? } else { Vec::new() };
-            (0, h, LowbitQuantConfig::default(), 0u64, 0u64, 0f64)
+            (0, h, LowbitQuantConfig::default(), 0u64, 0u64, 0f64, 0f64)
         }
     };
     for (i, plan) in plans.iter().enumerate().skip(start) {
@@ -1082,6 +1113,7 @@ fn run(
         }
         lin_bits += r.bits;
         lin_weights += r.weights;
+        search += r.search_seconds;
         meta.modules.extend(r.modules);
         meta.vq_modules.extend(r.vq_modules);
         model.ck.release_pages();
@@ -1090,7 +1122,14 @@ fn run(
                 i,
                 &r.tensors,
                 &h,
-                &checkpoint::State { layers_done: i + 1, meta: meta.clone(), lin_bits, lin_weights, forward_seconds: fwd },
+                &checkpoint::State {
+                    layers_done: i + 1,
+                    meta: meta.clone(),
+                    lin_bits,
+                    lin_weights,
+                    forward_seconds: fwd,
+                    search_seconds: search,
+                },
             )?;
         } else {
             out.extend(r.tensors);
@@ -1107,7 +1146,7 @@ fn run(
     let (tail, tail_meta) = tail_tensors(model, o, tables, dry_run)?;
     out.extend(tail);
     meta.modules.extend(tail_meta);
-    Ok((out, meta, lin_bits, lin_weights, fwd))
+    Ok((out, meta, lin_bits, lin_weights, fwd, search))
 }
 
 /// Write the output files into the temporary directory `tmp` (tensors, config.json with
@@ -1246,6 +1285,7 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         format!("{:?}|{:?}|{:?}|{:?}", o.gguf_type, o.token_embd_type, o.output_type, o.overrides.iter().map(|v| v.ty).collect::<Vec<_>>())
             .as_bytes(),
     );
+    put("awq options", format!("{:?}|{}", o.awq_range, o.awq_symmetric_clip).as_bytes());
     Ok(format!("{:032x}", h.digest128()))
 }
 

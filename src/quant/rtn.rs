@@ -1,10 +1,25 @@
 //! Round-to-nearest group quantization on the integer grid `w = (q - z)·s`.
 //!
 //! Asymmetric: `s = (max - min) / (2^b - 1)`, `z = clamp(round(-min / s), 0, 2^b - 1)` (AutoAWQ's
-//! pseudo_quantize_tensor), with the range widened to include 0 as GPTQ does, so that the zero
-//! point is always representable. Symmetric: `s = max|w| / (2^(b-1) - 1)`, `z = 2^(b-1)`.
+//! pseudo_quantize_tensor), by default with the range widened to include 0 as GPTQ does, so that
+//! the zero point is always representable ([`Range`]). Symmetric: `s = max|w| / (2^(b-1) - 1)`,
+//! `z = 2^(b-1)`.
 
 use super::{Grid, GroupQ};
+
+/// The values an asymmetric group's grid spans.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Range {
+    /// `[min(min, 0), max(max, 0)]` (GPTQ's convention): 0 is always a grid point.
+    #[default]
+    #[value(name = "with-zero")]
+    WithZero,
+    /// `[min, max]` of the group (AutoAWQ's pseudo_quantize_tensor): a finer grid when the group
+    /// does not straddle 0 evenly; the zero point is clamped to the code range.
+    #[value(name = "min-max")]
+    MinMax,
+}
 
 /// Quantization parameters of one group.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,8 +50,16 @@ pub fn params(min: f32, max: f32, bits: u8, sym: bool) -> Params {
 
 /// Params of a slice of values.
 pub fn params_of(v: &[f32], bits: u8, sym: bool) -> Params {
+    params_in(v, bits, sym, Range::WithZero)
+}
+
+/// Params of a slice of values on a grid spanning `range`.
+pub fn params_in(v: &[f32], bits: u8, sym: bool, range: Range) -> Params {
     let (mn, mx) = minmax(v);
-    params(mn.min(0.0), mx.max(0.0), bits, sym)
+    match range {
+        Range::WithZero => params(mn.min(0.0), mx.max(0.0), bits, sym),
+        Range::MinMax => params(mn, mx, bits, sym),
+    }
 }
 
 #[inline]
@@ -57,6 +80,11 @@ pub fn groups(n: usize, group: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Quantize `w[out][inn]` per row-group.
 pub fn quantize(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: bool) -> GroupQ {
+    quantize_in(w, out, inn, bits, group, sym, Range::WithZero)
+}
+
+/// [`quantize`] with the groups' grids spanning `range`.
+pub fn quantize_in(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: bool, range: Range) -> GroupQ {
     let ng = inn.div_ceil(group);
     let mut q = GroupQ {
         out_features: out,
@@ -72,7 +100,7 @@ pub fn quantize(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: 
     for r in 0..out {
         let row = &w[r * inn..(r + 1) * inn];
         for (g, (a, b)) in groups(inn, group).enumerate() {
-            let p = params_of(&row[a..b], bits, sym);
+            let p = params_in(&row[a..b], bits, sym, range);
             q.scales[r * ng + g] = p.scale;
             q.zeros[r * ng + g] = p.zero;
             for (code, &w) in q.codes[r * inn + a..r * inn + b].iter_mut().zip(&row[a..b]) {
@@ -89,7 +117,12 @@ pub fn minmax(v: &[f32]) -> (f32, f32) {
 
 /// Quantize-dequantize ("fake quantization") of one group in place.
 pub fn fake_quant_group(v: &mut [f32], bits: u8, sym: bool) {
-    let p = params_of(v, bits, sym);
+    fake_quant_group_in(v, bits, sym, Range::WithZero)
+}
+
+/// [`fake_quant_group`] on a grid spanning `range`.
+pub fn fake_quant_group_in(v: &mut [f32], bits: u8, sym: bool, range: Range) {
+    let p = params_in(v, bits, sym, range);
     for x in v.iter_mut() {
         *x = dequantize_value(quantize_value(*x, p, bits), p);
     }
