@@ -896,6 +896,14 @@ pub(crate) fn layer_out(
             }
             (Some(QTensor::Group(g)), Some(pl)) => {
                 let packed = pack(o, g, &prefix)?;
+                if let Packed::Gptq(gp) = &packed {
+                    let n = gp.wrapped_zeros();
+                    if n > 0 {
+                        eprintln!(
+                            "warning: {prefix}: {n} group(s) keep zero point 0 (an all-ones qzeros field): per-field v1 readers (AutoGPTQ, GPTQModel's dequantizer, lowbit) read them correctly, GPTQModel's word-wide v1→v2 conversion does not (docs/formats.md; --sym avoids zero points of 0)"
+                        );
+                    }
+                }
                 r.bits += packed.storage_bits();
                 r.weights += (g.out_features * g.in_features) as u64;
                 if let Packed::Lowbit(lp) = &packed {
