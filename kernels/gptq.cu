@@ -7,10 +7,10 @@
 //                                     word r is input r*32/B + j at bits j*B"; AutoGPTQ's 3-bit
 //                                     cross-word scheme (10 values, 2+1 bits split, 10 values, 1+2 bits
 //                                     split, 10 values per 3 words) is exactly this stream too.
-//   qzeros  I32 [n_groups, out*B/32]  zero - 1, packed along out the same way (stream per group row)
+//   qzeros  I32 [n_groups, out*B/32]  (zero - 1) mod 2^B, packed along out the same way (stream per group row)
 //   scales  F16 [n_groups, out]
 //   g_idx   I32 [in]                  group of each input column (null -> i / group_size)
-//   w[o, i] = (q - (zstored + 1)) * scales[g_idx[i], o]
+//   w[o, i] = (q - ((zstored + 1) mod 2^B)) * scales[g_idx[i], o]
 //
 // Entry points: gptq_b<B>_<gemv|gemm>[_pc](qweight, qzeros, scales, g_idx, x, y, ws, counters,
 //                                         out, in, batch, n_groups, group_size, out_f16)
@@ -46,7 +46,8 @@ LB_DEV uint4 load4_out(const u32* __restrict__ base, size_t r, int rowlen, int o
 }
 LB_DEV u32 comp(const uint4& v, int i) { return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w)); }
 
-// Zero point (stored + 1) of output o in group row grp.
+// Zero point of output o in group row grp: (stored + 1) mod 2^B (GPTQ v1; a zero point of 0 is
+// stored as the all-ones field).
 template <int B>
 LB_DEV u32 gptq_zero(const u32* __restrict__ qzeros, int grp, int zw, int o) {
     const int bit = o * B;
@@ -54,7 +55,7 @@ LB_DEV u32 gptq_zero(const u32* __restrict__ qzeros, int grp, int zw, int o) {
     const int sh = bit & 31;
     u64 v = __ldg(p);
     if (sh + B > 32) v |= (u64)__ldg(p + 1) << 32;
-    return (u32)((v >> sh) & ((1u << B) - 1u)) + 1u;
+    return ((u32)((v >> sh) & ((1u << B) - 1u)) + 1u) & ((1u << B) - 1u);
 }
 
 template <int B, int NT, bool PERCOL>

@@ -104,8 +104,9 @@ pub struct QuantSettings {
     #[arg(help_heading = "AWQ", long)]
     pub awq_symmetric_clip: bool,
     /// Mixed precision: linears whose full name (e.g. model.layers.3.mlp.down_proj) matches REGEX
-    /// get METHOD:BITS[:GROUP] instead, or METHOD:TYPE with a GGUF block type (repeatable; the
-    /// last match wins). E.g. 'down_proj=rtn:8', 'mlp.down_proj=gptq:q6_k'.
+    /// get METHOD:BITS[:GROUP] instead, METHOD:TYPE with a GGUF block type, or 'vptq' (sized by
+    /// --vector-len / --centroids) (repeatable; the last match wins; a pattern that matches no
+    /// linear is an error). E.g. 'down_proj=rtn:8', 'mlp.down_proj=gptq:q6_k'.
     #[arg(help_heading = "Mixed precision", long = "override", value_name = "REGEX=METHOD:BITS[:GROUP]|REGEX=METHOD:TYPE")]
     pub overrides: Vec<String>,
     /// GGUF block type of the linears: q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k, q2_k
@@ -123,6 +124,9 @@ pub struct QuantSettings {
     /// Keep linears whose full name matches REGEX in float (repeatable).
     #[arg(help_heading = "Mixed precision", long, value_name = "REGEX")]
     pub skip: Vec<String>,
+    /// An --override or --skip pattern that matches no linear is a warning instead of an error.
+    #[arg(help_heading = "Mixed precision", long)]
+    pub allow_unmatched: bool,
     /// GPTQ: process columns in order of decreasing Hessian diagonal (desc_act).
     #[arg(help_heading = "GPTQ", long)]
     pub act_order: bool,
@@ -199,6 +203,7 @@ impl QuantSettings {
                 .iter()
                 .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}")))
                 .collect::<Result<_>>()?,
+            allow_unmatched: self.allow_unmatched,
         })
     }
 }
@@ -319,6 +324,9 @@ pub struct ImportArgs {
     /// every file) and that holds nothing else; anything else is refused (docs/outputs.md).
     #[arg(long)]
     pub force: bool,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -449,7 +457,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::ImportGguf(a) => {
             let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
             let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
-            println!("{rep}");
+            if a.json {
+                println!("{}", serde_json::to_string(&rep)?);
+            } else {
+                println!("{rep}");
+            }
             Ok(())
         }
     }

@@ -177,9 +177,13 @@ impl Model {
             expected.borrow_mut().insert(n);
             Ok(())
         };
-        need("model.embed_tokens.weight".into(), &[v, d])?;
+        // The tables may be packed (lowbit layout, `--override embed_tokens=...`).
+        let packed_table = |p: &str| self.packed.is_some() && self.ck.contains(&format!("{p}.qweight"));
+        if !packed_table("model.embed_tokens") {
+            need("model.embed_tokens.weight".into(), &[v, d])?;
+        }
         need("model.norm.weight".into(), &[d])?;
-        if !c.tie_word_embeddings {
+        if !c.tie_word_embeddings && !packed_table("lm_head") {
             need("lm_head.weight".into(), &[v, d])?;
         }
         for i in 0..c.num_layers {
@@ -243,6 +247,15 @@ impl Model {
                 if i.parse::<usize>().is_ok() && packed_part {
                     continue;
                 }
+            }
+            // Packed parts of a packed table.
+            let table = ["model.embed_tokens", "lm_head"].iter().any(|p| {
+                self.packed.is_some()
+                    && self.ck.contains(&format!("{p}.qweight"))
+                    && n.strip_prefix(p).and_then(|r| r.strip_prefix('.')).is_some_and(|part| crate::pack::PACKED_SUFFIXES.contains(&part))
+            });
+            if table && !(c.tie_word_embeddings && n.starts_with("lm_head.")) {
+                continue;
             }
             bail!("{}: tensor {} is not part of the model config.json describes", self.ck.dir.display(), crate::escape::text(n));
         }
@@ -309,7 +322,7 @@ impl Model {
 
     fn embed_table(&self) -> Result<&Vec<f32>> {
         if self.embed.get().is_none() {
-            let v = self.ck.f32_shaped("model.embed_tokens.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
+            let v = self.linear_weight("model.embed_tokens", self.cfg.vocab_size, self.cfg.hidden_size)?;
             let _ = self.embed.set(v);
             self.ck.release_pages();
         }
@@ -321,7 +334,7 @@ impl Model {
             return self.embed_table();
         }
         if self.lm_head.get().is_none() {
-            let v = self.ck.f32_shaped("lm_head.weight", &[self.cfg.vocab_size, self.cfg.hidden_size])?;
+            let v = self.linear_weight("lm_head", self.cfg.vocab_size, self.cfg.hidden_size)?;
             let _ = self.lm_head.set(v);
             self.ck.release_pages();
         }
@@ -333,6 +346,19 @@ impl Model {
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let name = "model.embed_tokens.weight";
+        if !self.ck.contains(name) {
+            // A packed table: rows of the dequantized table.
+            let e = self.embed_table()?;
+            let mut h = Vec::with_capacity(tokens.len() * d);
+            for &t in tokens {
+                let t = t as usize;
+                if t >= v {
+                    return Err(anyhow!("token id {t} out of range (vocab_size {v})"));
+                }
+                h.extend_from_slice(&e[t * d..(t + 1) * d]);
+            }
+            return Ok(h);
+        }
         let (info, bytes) = self.ck.raw(name)?;
         if info.shape != [v, d] {
             bail!("{}: tensor {name} has shape {:?}, expected [{v}, {d}]", self.ck.dir.display(), info.shape);

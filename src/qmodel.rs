@@ -4,7 +4,7 @@ use crate::config::ModelConfig;
 use crate::model::Model;
 use crate::pack::vq::VqPacked;
 use crate::pack::{AwqPacked, GptqPacked, HfQuantMeta, LowbitPacked, LowbitQuantConfig, Packed, PackedLayout, RawTensor, TensorSource};
-use crate::weights::{dtype_size, Checkpoint};
+use crate::weights::Checkpoint;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -22,7 +22,51 @@ impl TensorSource for Checkpoint {
 pub enum QuantScheme {
     Lowbit(LowbitQuantConfig),
     Awq(HfQuantMeta),
-    Gptq(HfQuantMeta),
+    /// The base bits / group size and GPTQModel's per-module `dynamic` rules, in order.
+    Gptq(HfQuantMeta, Vec<DynamicRule>),
+}
+
+/// One entry of GPTQModel's `quantization_config.dynamic`: `"+:REGEX"` (or a bare `REGEX`)
+/// overrides bits / group size of the modules it matches, `"-:REGEX"` leaves them unquantized.
+/// The first matching rule applies; REGEX matches from the start of the module name (Python's
+/// `re.match`).
+#[derive(Clone, Debug)]
+pub struct DynamicRule {
+    pub skip: bool,
+    pub pattern: regex::Regex,
+    pub bits: Option<u8>,
+    pub group_size: Option<i64>,
+}
+
+/// Parses `quantization_config.dynamic`; keys other than bits, group_size, desc_act and sym
+/// (which do not change how the tensors are read) are refused by name.
+fn parse_dynamic(v: Option<&serde_json::Value>, bad: &dyn Fn(&str) -> anyhow::Error) -> Result<Vec<DynamicRule>> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let map = v.as_object().ok_or_else(|| bad("dynamic is not an object"))?;
+    let mut rules = Vec::new();
+    for (k, o) in map {
+        let (skip, re) = match (k.strip_prefix("-:"), k.strip_prefix("+:")) {
+            (Some(r), _) => (true, r),
+            (_, Some(r)) => (false, r),
+            _ => (false, k.as_str()),
+        };
+        let pattern = regex::Regex::new(&format!("^(?:{re})")).map_err(|e| bad(&format!("dynamic {k:?}: invalid regex: {e}")))?;
+        let o = o.as_object().ok_or_else(|| bad(&format!("dynamic {k:?}: not an object")))?;
+        let (mut bits, mut group_size) = (None, None);
+        for (key, val) in o {
+            match key.as_str() {
+                "bits" => {
+                    let b = val.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or_else(|| bad(&format!("dynamic {k:?}: bits {val}")))?;
+                    bits = Some(b);
+                }
+                "group_size" => group_size = Some(val.as_i64().ok_or_else(|| bad(&format!("dynamic {k:?}: group_size {val}")))?),
+                "desc_act" | "sym" => {}
+                other => return Err(bad(&format!("dynamic {k:?}: key \"{other}\" is not supported (bits, group_size, desc_act, sym)"))),
+            }
+        }
+        rules.push(DynamicRule { skip, pattern, bits, group_size });
+    }
+    Ok(rules)
 }
 
 impl QuantScheme {
@@ -39,7 +83,7 @@ impl QuantScheme {
         Ok(Some(match method {
             "lowbit" => QuantScheme::Lowbit(serde_json::from_value(q.clone()).map_err(|e| bad(&e.to_string()))?),
             "awq" => QuantScheme::Awq(hf()?),
-            "gptq" => QuantScheme::Gptq(hf()?),
+            "gptq" => QuantScheme::Gptq(hf()?, parse_dynamic(q.get("dynamic"), &bad)?),
             m => return Err(bad(&format!("unsupported quant_method \"{m}\" (lowbit, awq, gptq)"))),
         }))
     }
@@ -66,7 +110,15 @@ impl QuantScheme {
                 Packed::Lowbit(LowbitPacked::from_tensors(src, prefix, meta)?)
             }
             QuantScheme::Awq(m) => Packed::Awq(AwqPacked::from_tensors(src, prefix, m)?),
-            QuantScheme::Gptq(m) => Packed::Gptq(GptqPacked::from_tensors(src, prefix, m)?),
+            QuantScheme::Gptq(m, dynamic) => {
+                let mut m = *m;
+                match dynamic.iter().find(|r| r.pattern.is_match(prefix)) {
+                    Some(r) if r.skip => anyhow::bail!("{prefix}: packed, but quantization_config.dynamic leaves it unquantized"),
+                    Some(r) => m = HfQuantMeta { bits: r.bits.unwrap_or(m.bits), group_size: r.group_size.unwrap_or(m.group_size) },
+                    None => {}
+                }
+                Packed::Gptq(GptqPacked::from_tensors(src, prefix, &m)?)
+            }
         }))
     }
 }
@@ -174,7 +226,11 @@ pub struct InspectReport {
     pub tie_word_embeddings: bool,
     pub parameters: usize,
     pub total_bytes: usize,
+    /// Every stored byte × 8 / every parameter ([`crate::pack::SizeCount`], as quantize counts).
     pub bits_per_weight: f64,
+    /// Stored bits per weight of the packed linears (absent without any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linear_bits_per_weight: Option<f64>,
     pub quantization: Option<serde_json::Value>,
     pub dtypes: BTreeMap<String, DtypeStat>,
     pub tensors: Vec<TensorReport>,
@@ -190,25 +246,33 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
     let scheme = QuantScheme::from_config(dir, &cfg.raw)?;
     let mut dtypes: BTreeMap<String, DtypeStat> = BTreeMap::new();
     let mut tensors = Vec::new();
-    let (mut params, mut bytes) = (0usize, 0usize);
-    // Packed modules: every tensor `{prefix}.{part}` of a prefix that has a `.qweight`.
-    let packed_prefixes: Vec<String> =
+    // Packed modules: the prefixes of `.qweight` / `.vq_indices` tensors, read through the
+    // quantization_config for their shapes.
+    let mut modules: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut kinds: BTreeMap<String, String> = BTreeMap::new();
+    let prefixes: Vec<String> =
         ck.names().filter_map(|n| n.strip_suffix(".qweight").or_else(|| n.strip_suffix(".vq_indices"))).map(str::to_owned).collect();
-    let mut module_bits: BTreeMap<String, usize> = BTreeMap::new();
+    if let Some(s) = &scheme {
+        for prefix in prefixes {
+            let p = s
+                .read_any(&ck, &prefix)
+                .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?
+                .ok_or_else(|| anyhow!("{prefix}: not listed in quantization_config"))?;
+            modules.insert(prefix.clone(), p.shape());
+            kinds.insert(prefix, p.kind());
+        }
+    }
+    let mut module_bytes: BTreeMap<&str, u64> = BTreeMap::new();
     for (name, info) in ck.tensors() {
-        let b = info.shape.iter().product::<usize>() * dtype_size(info.dtype).unwrap_or(0);
+        let b = info.nbytes();
         let e = dtypes.entry(format!("{:?}", info.dtype)).or_default();
         e.tensors += 1;
         e.bytes += b;
-        bytes += b;
-        if let Some(p) =
-            packed_prefixes.iter().find(|p| name.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('.') && !r.ends_with(".bias")))
-        {
-            *module_bits.entry(p.clone()).or_default() += 8 * b;
+        if let Some(p) = crate::pack::packed_module_of(name, |p| modules.contains_key(p)) {
+            *module_bytes.entry(p).or_default() += b as u64;
             continue;
         }
         let n = info.shape.iter().product::<usize>();
-        params += n;
         tensors.push(TensorReport {
             name: name.clone(),
             dtype: format!("{:?}", info.dtype),
@@ -217,24 +281,18 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             bits_per_weight: 8.0 * b as f64 / n.max(1) as f64,
         });
     }
-    if let Some(s) = &scheme {
-        for (prefix, bits) in module_bits {
-            let p = s
-                .read_any(&ck, &prefix)
-                .map_err(|e| anyhow!("{}: {e:#}", dir.display()))?
-                .ok_or_else(|| anyhow!("{prefix}: not listed in quantization_config"))?;
-            let (o, i) = p.shape();
-            params += o * i;
-            let kind = p.kind();
-            tensors.push(TensorReport {
-                name: prefix,
-                dtype: kind,
-                shape: vec![o, i],
-                params: o * i,
-                bits_per_weight: bits as f64 / (o * i) as f64,
-            });
-        }
+    for (prefix, bytes) in module_bytes {
+        let (o, i) = modules[prefix];
+        tensors.push(TensorReport {
+            name: prefix.to_string(),
+            dtype: kinds[prefix].clone(),
+            shape: vec![o, i],
+            params: o * i,
+            bits_per_weight: 8.0 * bytes as f64 / (o * i) as f64,
+        });
     }
+    let size = crate::pack::SizeCount::of(ck.tensors().iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.nbytes() as u64)), &modules);
+    let (params, bytes) = (size.params as usize, size.bytes as usize);
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(InspectReport {
         model: dir.display().to_string(),
@@ -249,7 +307,8 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         tie_word_embeddings: cfg.tie_word_embeddings,
         parameters: params,
         total_bytes: bytes,
-        bits_per_weight: 8.0 * bytes as f64 / params.max(1) as f64,
+        bits_per_weight: size.model_bpw(),
+        linear_bits_per_weight: (size.linear_weights > 0).then(|| size.linear_bpw()),
         quantization: cfg.raw.get("quantization_config").map(|q| {
             let mut q = q.clone();
             if let Some(o) = q.as_object_mut() {
@@ -287,8 +346,9 @@ impl InspectReport {
         }
         let packed: Vec<&TensorReport> = self.tensors.iter().filter(|t| t.dtype.contains("-bit") || t.dtype.starts_with("vq ")).collect();
         if !packed.is_empty() {
-            let (b, n) = packed.iter().fold((0.0, 0usize), |(b, n), t| (b + t.bits_per_weight * t.params as f64, n + t.params));
-            w(&mut s, "packed linears", format!("{} modules, {} weights, {:.3} bits per weight", packed.len(), n, b / n as f64));
+            let n: usize = packed.iter().map(|t| t.params).sum();
+            let bpw = self.linear_bits_per_weight.unwrap_or(0.0);
+            w(&mut s, "packed linears", format!("{} modules, {} weights, {:.3} bits per weight", packed.len(), n, bpw));
             for t in packed.iter().take(7) {
                 s.push_str(&format!("  {:<40}{} {:?} {:.3} bpw\n", t.name, t.dtype, t.shape, t.bits_per_weight));
             }

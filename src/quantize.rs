@@ -12,7 +12,7 @@ use crate::escape;
 use crate::gguf::GgmlType;
 use crate::model::{LayerWeights, Model};
 use crate::outdir::{OutDir, Source};
-use crate::pack::{AwqPacked, GptqPacked, LowbitModuleMeta, LowbitQuantConfig, Packed};
+use crate::pack::{LowbitModuleMeta, LowbitQuantConfig, Packed, PackedLayout, SizeCount, Want};
 use crate::quant::{awq, gguf as qgguf, gptq, rtn, shift, statsq, vptq, Grid, GroupQ, QTensor};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use crate::stats::{InputStats, Needs};
@@ -131,6 +131,21 @@ impl Method {
     }
 }
 
+impl LinearPlan {
+    /// What this plan asks of the output layout (the codes' width, group size and grid, a
+    /// g_idx for GPTQ's act-order, vector quantization).
+    pub fn want(&self, o: &Options) -> Want {
+        let gptq = matches!(self.method, Method::Gptq | Method::GptqStatsq | Method::GptqShift);
+        Want {
+            bits: self.bits,
+            group_size: self.group_size,
+            grid: self.method.grid(),
+            g_idx: gptq && o.act_order && !o.static_groups,
+            vq: self.method.is_vq(),
+        }
+    }
+}
+
 /// How one linear is quantized: method, bits and group size (after `--override`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearPlan {
@@ -141,8 +156,8 @@ pub struct LinearPlan {
     pub ty: Option<GgmlType>,
 }
 
-/// `--override 'REGEX=METHOD:BITS[:GROUP]'` or `'REGEX=METHOD:TYPE'` (a GGUF block type, e.g.
-/// `q6_k`): linears whose full name matches get this plan.
+/// `--override 'REGEX=METHOD:BITS[:GROUP]'`, `'REGEX=METHOD:TYPE'` (a GGUF block type, e.g.
+/// `q6_k`) or `'REGEX=vptq'`: linears whose full name matches get this plan.
 #[derive(Clone, Debug)]
 pub struct Override {
     pub pattern: regex::Regex,
@@ -159,10 +174,19 @@ impl std::str::FromStr for Override {
         let (re, rest) = s.rsplit_once('=').ok_or_else(bad)?;
         let pattern = regex::Regex::new(re).map_err(|e| anyhow!("--override {s:?}: invalid regex: {e}"))?;
         let parts: Vec<&str> = rest.split(':').collect();
+        let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
+        if method.is_vq() {
+            // VPTQ's size comes from --vector-len / --centroids, not from a code width.
+            if parts.len() > 1 {
+                bail!(
+                    "--override {s:?}: vptq takes no BITS or GROUP (its size is set by --vector-len, --centroids, ...); write '{re}=vptq'"
+                );
+            }
+            return Ok(Override { pattern, method, bits: 0, group_size: None, ty: None });
+        }
         if !(2..=3).contains(&parts.len()) {
             return Err(bad());
         }
-        let method = Method::parse(parts[0]).ok_or_else(|| anyhow!("--override {s:?}: unknown method {:?}", parts[0]))?;
         if !parts[1].starts_with(|c: char| c.is_ascii_digit()) {
             let ty = parse_block_type(parts[1]).map_err(|e| anyhow!("--override {s:?}: {e}"))?;
             if parts.len() > 2 {
@@ -176,30 +200,9 @@ impl std::str::FromStr for Override {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// lowbit's own layout (any method, 2..8 bits); docs/formats.md.
-    Lowbit,
-    /// AutoAWQ GEMM (4-bit), loadable by transformers and vLLM.
-    Awq,
-    /// GPTQ v1 (2/3/4/8-bit).
-    Gptq,
-    /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
-    Gguf,
-}
-
-impl Format {
-    /// The `--format` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Lowbit => "lowbit",
-            Format::Awq => "awq",
-            Format::Gptq => "gptq",
-            Format::Gguf => "gguf",
-        }
-    }
-}
+/// `--format`: the packed layout of the output (one type with [`crate::pack::Layout`], which
+/// owns each layout's rules, tensors and sizes).
+pub use crate::pack::Layout as Format;
 
 /// The per-input-channel importance that weights statsq-aware's and shift-aware's scale search.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -238,6 +241,8 @@ pub struct Options {
     pub overrides: Vec<Override>,
     /// Linears whose full name matches one of these stay in float.
     pub skip: Vec<regex::Regex>,
+    /// An `--override` or `--skip` that matches no linear is a warning, not an error.
+    pub allow_unmatched: bool,
     /// Continue from the checkpoints of an interrupted run with the same inputs.
     pub resume: bool,
     /// VPTQ settings.
@@ -321,14 +326,22 @@ pub fn validate(o: &Options) -> Result<()> {
         }),
     );
     for p in plans {
-        if !(2..=8).contains(&p.bits) {
+        if p.method.is_vq() && o.format != Format::Lowbit {
+            bail!("--method {} writes the VQ layout: use --format lowbit", p.method.name());
+        }
+        if !(2..=8).contains(&p.bits) && !p.method.is_vq() {
             bail!("--bits must be between 2 and 8 (got {})", p.bits);
         }
         if p.group_size == 0 {
             bail!("--group-size must be at least 1");
         }
         if o.format == Format::Awq && p.bits != 4 {
-            bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {})", p.bits);
+            let at = o
+                .overrides
+                .iter()
+                .find(|v| v.ty.is_none() && v.bits == p.bits)
+                .map(|v| format!(" (--override for modules matching '{}')", v.pattern));
+            bail!("--format awq is the AutoAWQ GEMM layout, which is 4-bit only (got --bits {}{})", p.bits, at.unwrap_or_default());
         }
         if o.format == Format::Awq && p.group_size % 32 != 0 {
             let at = o
@@ -356,22 +369,7 @@ pub fn validate(o: &Options) -> Result<()> {
 }
 
 fn pack(o: &Options, q: &GroupQ, prefix: &str) -> Result<Packed> {
-    if o.format == Format::Awq && !o.sym && q.zeros.iter().any(|&z| z > 15) {
-        bail!("{prefix}: zero point does not fit 4 bits");
-    }
-    let layout = match o.format {
-        Format::Lowbit | Format::Gguf => crate::pack::Layout::Lowbit,
-        Format::Awq => crate::pack::Layout::Awq,
-        Format::Gptq => crate::pack::Layout::Gptq,
-    };
-    Packed::pack(layout, q).with_context(|| format!("{prefix}: cannot pack"))
-}
-
-/// An all-zero weight quantized with a plan's grid: for layout checks and --dry-run sizes.
-fn probe_q(p: LinearPlan, out: usize, inn: usize, sym: bool) -> GroupQ {
-    let mut q = rtn::quantize(&vec![0.0; out * inn], out, inn, p.bits, p.group_size, sym);
-    q.grid = p.method.grid();
-    q
+    Packed::pack(o.format, q).with_context(|| format!("{prefix}: cannot pack"))
 }
 
 /// Fake quantization of a row by a plan's quantizer (what AWQ's search scores against). The
@@ -512,24 +510,51 @@ fn quantize_layer(
     Ok(out)
 }
 
-/// Every linear's plan, layer by layer. Linears the layout cannot hold are kept in float (and
-/// listed in modules_to_not_convert), with one warning per kind; decided before any work.
+/// Every linear's plan, layer by layer, decided before any work from the options and the
+/// shapes (never from quantized values):
+///
+/// * a plan the layout cannot hold whatever the shape (bits, grid, VQ) is an error naming the
+///   module, as is a module an `--override` names that the layout cannot hold in its shape;
+/// * a linear the base plan cannot hold in its shape is kept in float (and listed in
+///   modules_to_not_convert), with one warning per kind;
+/// * an `--override` or `--skip` that matches no linear is an error (a warning with
+///   `--allow-unmatched`);
+/// * AutoAWQ's config holds one bits / group size for every module: a mixture is refused.
 pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<LinearPlan>>>> {
     let c = &model.cfg;
     let mut plans: Vec<Vec<Option<LinearPlan>>> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
+    let mut used_override = vec![false; o.overrides.len()];
+    let mut used_skip = vec![false; o.skip.len()];
+    let fmt = o.format.name();
     for i in 0..c.num_layers {
         let mut row = Vec::new();
         for spec in c.family.linears() {
             let prefix = format!("model.layers.{i}.{}", spec.name);
+            for (k, r) in o.skip.iter().enumerate() {
+                used_skip[k] |= r.is_match(&prefix);
+            }
+            let matched: Vec<usize> = (0..o.overrides.len()).filter(|&k| o.overrides[k].pattern.is_match(&prefix)).collect();
+            for &k in &matched {
+                used_override[k] = true;
+            }
             let mut plan = o.plan(&prefix);
             if let Some(p) = plan.filter(|p| p.ty.is_some()) {
                 plan = gguf_fallback(o, p, model.linear_shape(spec).1, &prefix)?;
-            } else if let Some(p) = plan.filter(|p| !p.method.is_vq()) {
+            } else if let Some(p) = plan {
                 let (out, inn) = model.linear_shape(spec);
-                let probe = probe_q(p, out, inn, o.sym);
-                if let Err(e) = pack(o, &probe, &prefix) {
-                    let msg = format!("{:#}", e).replace(&prefix, &format!("model.layers.*.{}", spec.name));
+                let want = p.want(o);
+                let by = matched.last().map(|&k| format!(" (--override '{}')", o.overrides[k].pattern)).unwrap_or_default();
+                // A shape every layout accepts for this group size: what fails there fails everywhere.
+                let any = 256 * p.group_size.max(1);
+                if let Err(e) = o.format.check(&want, any, any) {
+                    bail!("{prefix}{by}: --format {fmt} cannot store --method {} here: {e}", p.method.name());
+                }
+                if let Err(e) = o.format.check(&want, out, inn) {
+                    if !matched.is_empty() {
+                        bail!("{prefix}{by}: --format {fmt} cannot store this module ({out}x{inn}): {e}");
+                    }
+                    let msg = format!("model.layers.*.{}: {e}", spec.name);
                     if !refused.contains(&msg) {
                         eprintln!("warning: {msg}; keeping {} unquantized", spec.name);
                         refused.push(msg);
@@ -540,6 +565,44 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
             row.push(plan);
         }
         plans.push(row);
+    }
+    for (k, v) in o.overrides.iter().enumerate() {
+        used_override[k] |= TABLES.iter().any(|t| v.pattern.is_match(t));
+    }
+    let unmatched: Vec<String> = o
+        .overrides
+        .iter()
+        .zip(&used_override)
+        .filter(|(_, u)| !**u)
+        .map(|(v, _)| format!("--override pattern '{}'", v.pattern))
+        .chain(o.skip.iter().zip(&used_skip).filter(|(_, u)| !**u).map(|(r, _)| format!("--skip pattern '{r}'")))
+        .collect();
+    for u in &unmatched {
+        let names = c.family.linears().iter().map(|l| l.name).collect::<Vec<_>>().join(", ");
+        let msg = format!("{u} matches no linear (names look like model.layers.0.{})", names.split(", ").next().unwrap_or(""));
+        if o.allow_unmatched {
+            eprintln!("warning: {msg}");
+        } else {
+            bail!("{msg}; linears are model.layers.N.{{{names}}} (--allow-unmatched makes this a warning)");
+        }
+    }
+    if o.format == Format::Awq {
+        // AutoAWQ's quantization_config has one bits / group_size for every module.
+        let base = (o.bits, o.group_size);
+        for (i, row) in plans.iter().enumerate() {
+            for (spec, p) in c.family.linears().iter().zip(row) {
+                if let Some(p) = p.filter(|p| (p.bits, p.group_size) != base) {
+                    bail!(
+                        "model.layers.{i}.{}: --format awq stores one bits / group size for every module ({}-bit g{}); this module is planned {}-bit g{} (AutoAWQ has no per-module override: use --format lowbit or gptq)",
+                        spec.name,
+                        base.0,
+                        base.1,
+                        p.bits,
+                        p.group_size
+                    );
+                }
+            }
+        }
     }
     if plans.iter().flatten().all(Option::is_none) {
         bail!("nothing to quantize: every linear is skipped or does not fit --format {}", o.format.name());
@@ -581,6 +644,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     };
     let tok = Tokenizer::from_dir(model_dir)?;
     let plans = plan_layers(&model, o)?;
+    let tables = plan_tables(&model, o)?;
     let needs = plans.iter().flatten().flatten().fold(Needs::default(), |n, p| n.union(p.method.needs(o)));
     let (tokens, seqlen) = match (&o.calib, needs) {
         (Some(p), n) if n.any() => {
@@ -617,12 +681,14 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
             ckpt = Some(checkpoint::Checkpointer::new(od.create_tmp()?, &fp));
         }
     }
-    let (tensors, meta, lin_bits, lin_weights, forward_seconds, search_seconds) =
-        run(&model, o, &tokens, seqlen, &plans, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
-    // Whole-checkpoint accounting.
-    let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
-    let params: u64 =
-        lin_weights + tensors.iter().filter(|t| !is_packed_part(&t.name)).map(|t| t.shape.iter().product::<usize>() as u64).sum::<u64>();
+    // (The running linear bit counts are for --resume; sizes come from the written tensors.)
+    let (tensors, meta, _, _, forward_seconds, search_seconds) =
+        run(&model, o, &tokens, seqlen, &plans, &tables, needs, dry_run, ckpt.as_mut(), resume_from, progress)?;
+    // Whole-checkpoint accounting: the count inspect makes of the written files.
+    let size = SizeCount::of(
+        tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.data.len() as u64)),
+        &packed_modules(&model, &plans, &tables),
+    );
     let mut summary = Summary {
         out: o.out.display().to_string(),
         method: o.method.name().into(),
@@ -633,23 +699,32 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         calib_tokens: tokens.len(),
         forward_seconds,
         search_seconds,
-        bytes,
-        linear_bpw: lin_bits as f64 / lin_weights.max(1) as f64,
-        model_bpw: 8.0 * bytes as f64 / params.max(1) as f64,
+        bytes: size.bytes,
+        linear_bpw: size.linear_bpw(),
+        model_bpw: size.model_bpw(),
         quantized_linears: plans.iter().flatten().filter(|p| p.is_some()).count(),
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
         fallbacks: gguf_fallbacks(&model, o, &plans),
     };
     if dry_run {
+        if gguf_out {
+            // The file the real run writes, serialized in memory: its exact length.
+            let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
+            let (_, w) = crate::gguf::export::build_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type)?;
+            summary.bytes = w.tensor_bytes;
+            summary.model_bpw = 8.0 * w.tensor_bytes as f64 / w.params.max(1) as f64;
+            summary.fallbacks.extend(w.fallbacks);
+        }
         return Ok(summary);
     }
     check_finite_output(&tensors)?;
     if gguf_out {
         let base = o.gguf_type.unwrap_or(DEFAULT_GGUF_TYPE);
         let w = crate::gguf::export::write_model(model_dir, &model, &tensors, base, o.token_embd_type, o.output_type, &o.out)?;
-        summary.bytes = w.bytes;
-        summary.model_bpw = 8.0 * w.bytes as f64 / w.params.max(1) as f64;
+        // Tensor data bytes, as for a safetensors output and as llama.cpp's BPW counts them.
+        summary.bytes = w.tensor_bytes;
+        summary.model_bpw = 8.0 * w.tensor_bytes as f64 / w.params.max(1) as f64;
         summary.fallbacks.extend(w.fallbacks);
         summary.seconds = t0.elapsed().as_secs_f64();
         return Ok(summary);
@@ -695,8 +770,22 @@ fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path
     Ok(())
 }
 
-fn is_packed_part(name: &str) -> bool {
-    [".qweight", ".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) || name.contains(".ggml_")
+/// The packed modules of a plan (decoder linears and tables): prefix → `(out, in)`.
+pub(crate) fn packed_modules(
+    model: &Model,
+    plans: &[Vec<Option<LinearPlan>>],
+    tables: &[(&'static str, LinearPlan)],
+) -> BTreeMap<String, (usize, usize)> {
+    let specs = model.cfg.family.linears();
+    let (v, d) = (model.cfg.vocab_size, model.cfg.hidden_size);
+    let layers = plans.iter().enumerate().flat_map(|(i, row)| {
+        specs
+            .iter()
+            .zip(row)
+            .filter(|(_, p)| p.is_some())
+            .map(move |(s, _)| (format!("model.layers.{i}.{}", s.name), model.linear_shape(s)))
+    });
+    tables.iter().map(|t| (t.0.to_string(), (v, d))).chain(layers).collect()
 }
 
 /// Tensors, metadata, stored bits and weights of the linears, forward and search seconds.
@@ -768,17 +857,14 @@ pub(crate) fn layer_out(
 ) -> Result<LayerOut> {
     let c = &model.cfg;
     let fd = o.float_dtype;
+    // --dry-run: GGUF block codes of a zero weight (their tensors do not depend on the values);
+    // every other plan's tensors come from its layout's specs below.
     let mut search_seconds = 0.0;
     let qs: Vec<Option<QTensor>> = if dry_run {
         lw.linears
             .iter()
             .zip(plan)
-            .map(|(l, p)| {
-                p.map(|p| match p.ty {
-                    Some(t) => QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None)),
-                    None => QTensor::Group(probe_q(p, l.out, l.inn, o.sym)),
-                })
-            })
+            .map(|(l, p)| p.and_then(|p| p.ty).map(|t| QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None))))
             .collect()
     } else {
         quantize_layer(o, model, lw, plan, stats, &mut search_seconds)?
@@ -796,8 +882,28 @@ pub(crate) fn layer_out(
     for ((l, q), plan) in lw.linears.iter().zip(&qs).zip(plan) {
         let prefix = format!("{p}.{}", l.spec.name);
         match (q, plan) {
+            (None, Some(pl)) if dry_run => {
+                let specs = match pl.method.is_vq() {
+                    true => crate::pack::vq::tensor_specs(&o.vptq, l.out, l.inn),
+                    false => o.format.tensor_specs(&pl.want(o), l.out, l.inn),
+                };
+                for (suffix, dt, shape) in specs {
+                    let n = shape.iter().product::<usize>() * dt.bitsize() / 8;
+                    r.bits += 8 * n as u64;
+                    r.tensors.push(OutTensor { name: format!("{prefix}.{suffix}"), dtype: dt, shape, data: vec![0; n] });
+                }
+                r.weights += (l.out * l.inn) as u64;
+            }
             (Some(QTensor::Group(g)), Some(pl)) => {
                 let packed = pack(o, g, &prefix)?;
+                if let Packed::Gptq(gp) = &packed {
+                    let n = gp.wrapped_zeros();
+                    if n > 0 {
+                        eprintln!(
+                            "warning: {prefix}: {n} group(s) keep zero point 0 (an all-ones qzeros field): per-field v1 readers (AutoGPTQ, GPTQModel's dequantizer, lowbit) read them correctly, GPTQModel's word-wide v1→v2 conversion does not (docs/formats.md; --sym avoids zero points of 0)"
+                        );
+                    }
+                }
                 r.bits += packed.storage_bits();
                 r.weights += (g.out_features * g.in_features) as u64;
                 if let Packed::Lowbit(lp) = &packed {
@@ -860,18 +966,103 @@ pub(crate) fn check_finite_tail(model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Embeddings, final norm and lm_head in the output float type.
-pub(crate) fn tail_tensors(model: &Model, fd: Dtype) -> Result<Vec<OutTensor>> {
+/// The token embedding and lm_head tables: kept in float unless an `--override` names them
+/// (`embed_tokens=rtn:8`, `lm_head=rtn:6`), then stored in the lowbit layout.
+pub const TABLES: [&str; 2] = ["model.embed_tokens", "lm_head"];
+
+/// The plans of the stored tables an `--override` names (its pattern matches the table's name
+/// and no decoder linear's), decided before any work. With tied
+/// embeddings only `model.embed_tokens` is stored; an override of either name applies to it,
+/// and two different ones are refused. Tables are quantized without calibration data (rtn,
+/// statsq, shift), in the lowbit layout only.
+pub fn plan_tables(model: &Model, o: &Options) -> Result<Vec<(&'static str, LinearPlan)>> {
+    let c = &model.cfg;
+    let fmt = o.format.name();
+    let mut plans: Vec<(&'static str, LinearPlan, String)> = Vec::new();
+    // An override names a table when its pattern matches the table and no decoder linear (so a
+    // broad pattern such as '.*' keeps applying to the linears only).
+    let linear_names: Vec<String> =
+        (0..c.num_layers).flat_map(|i| c.family.linears().iter().map(move |l| format!("model.layers.{i}.{}", l.name))).collect();
+    let names_table = |v: &&Override, name: &str| v.pattern.is_match(name) && !linear_names.iter().any(|l| v.pattern.is_match(l));
+    for name in TABLES {
+        let Some(v) = o.overrides.iter().rfind(|v| names_table(v, name)) else { continue };
+        let by = format!("{name} (--override '{}')", v.pattern);
+        match o.format {
+            Format::Lowbit => {}
+            Format::Gguf => bail!("{by}: --format gguf sets the table types with --token-embedding-type / --output-tensor-type"),
+            _ => bail!(
+                "{by}: --format {fmt} keeps the token embedding and lm_head in float (its loaders read no packed tables); use --format lowbit"
+            ),
+        }
+        if v.ty.is_some() {
+            bail!("{by}: a GGUF block type for a table needs --format gguf (--token-embedding-type / --output-tensor-type)");
+        }
+        if v.method.needs(o).any() || v.method.is_vq() {
+            bail!(
+                "{by}: --method {} needs calibration statistics of a linear's inputs; tables are quantized with rtn, statsq or shift",
+                v.method.name()
+            );
+        }
+        let p = LinearPlan { method: v.method, bits: v.bits, group_size: v.group_size.unwrap_or(o.group_size), ty: None };
+        if let Err(e) = Format::Lowbit.check(&p.want(o), c.vocab_size, c.hidden_size) {
+            bail!("{by}: {e}");
+        }
+        plans.push((name, p, by));
+    }
+    if c.tie_word_embeddings {
+        // One stored table serves both.
+        if let [(_, a, x), (_, b, y)] = plans.as_slice() {
+            if a != b {
+                bail!("{x} and {y}: the embeddings are tied (stored once), so both overrides must give the same plan");
+            }
+        }
+        plans.truncate(1);
+        if let Some(p) = plans.first_mut() {
+            p.0 = TABLES[0];
+        }
+    }
+    Ok(plans.into_iter().map(|(n, p, _)| (n, p)).collect())
+}
+
+/// The tail tensors and the lowbit metadata of the packed tables.
+pub(crate) type TailOut = (Vec<OutTensor>, Vec<(String, LowbitModuleMeta)>);
+
+/// Embeddings, final norm and lm_head in the output float type, or for a table `tables` plans,
+/// packed in the lowbit layout (`--dry-run`: zero tensors of the layout's exact shapes); with
+/// the lowbit metadata of the packed tables.
+pub(crate) fn tail_tensors(model: &Model, o: &Options, tables: &[(&'static str, LinearPlan)], dry_run: bool) -> Result<TailOut> {
+    let c = &model.cfg;
+    let (v, d, fd) = (c.vocab_size, c.hidden_size, o.float_dtype);
     let mut out = Vec::new();
-    let mut names = vec!["model.embed_tokens.weight", "model.norm.weight"];
-    if !model.cfg.tie_word_embeddings {
-        names.push("lm_head.weight");
+    let mut meta = Vec::new();
+    let mut names = vec!["model.embed_tokens", "model.norm"];
+    if !c.tie_word_embeddings {
+        names.push("lm_head");
     }
     for n in names {
-        out.push(model.ck.converted(n, fd)?);
+        match tables.iter().find(|t| t.0 == n) {
+            None => out.push(model.ck.converted(&format!("{n}.weight"), fd)?),
+            Some((_, p)) if dry_run => {
+                for (suffix, dt, shape) in Format::Lowbit.tensor_specs(&p.want(o), v, d) {
+                    let len = shape.iter().product::<usize>() * dt.bitsize() / 8;
+                    out.push(OutTensor { name: format!("{n}.{suffix}"), dtype: dt, shape, data: vec![0; len] });
+                }
+            }
+            Some((_, p)) => {
+                let w = model.ck.f32_shaped(&format!("{n}.weight"), &[v, d])?;
+                let q = match p.method.grid() {
+                    Grid::HalfInt => statsq::statsq(&w, v, d, p.bits, p.group_size, None),
+                    Grid::Shift => shift::shift(&w, v, d, p.bits, p.group_size, None),
+                    Grid::Affine => rtn::quantize(&w, v, d, p.bits, p.group_size, o.sym),
+                };
+                let packed = crate::pack::LowbitPacked::pack(&q).with_context(|| format!("{n}: cannot pack"))?;
+                meta.push((n.to_string(), packed.meta(p.method.name())));
+                out.extend(packed.to_tensors(n));
+            }
+        }
         model.ck.release_pages();
     }
-    Ok(out)
+    Ok((out, meta))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -881,6 +1072,7 @@ fn run(
     tokens: &[u32],
     seqlen: usize,
     plans: &[Vec<Option<LinearPlan>>],
+    tables: &[(&'static str, LinearPlan)],
     needs: Needs,
     dry_run: bool,
     mut ckpt: Option<&mut checkpoint::Checkpointer>,
@@ -959,7 +1151,9 @@ fn run(
             out.extend(ck.read_layer(i)?);
         }
     }
-    out.extend(tail_tensors(model, o.float_dtype)?);
+    let (tail, tail_meta) = tail_tensors(model, o, tables, dry_run)?;
+    out.extend(tail);
+    meta.modules.extend(tail_meta);
     Ok((out, meta, lin_bits, lin_weights, fwd, search))
 }
 
@@ -978,32 +1172,20 @@ pub(crate) fn write_output(
     let c = &model.cfg;
     write_safetensors(&tmp.join("model.safetensors"), tensors, None)?;
     let mut cfg = model.cfg.raw.clone();
-    cfg["quantization_config"] = match o.format {
-        Format::Lowbit => serde_json::to_value(meta)?,
-        Format::Awq => AwqPacked::quantization_config(o.group_size),
-        Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
-        Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
-    };
-    let float: Vec<String> = (0..c.num_layers)
+    // Every decoder linear in table order with its (bits, group size), None when kept in float.
+    let modules: Vec<(String, Option<(u8, usize)>)> = (0..c.num_layers)
         .flat_map(|i| {
-            c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name))
+            c.family
+                .linears()
+                .iter()
+                .zip(&plans[i])
+                .map(move |(s, p)| (format!("model.layers.{i}.{}", s.name), p.map(|p| (p.bits, p.group_size))))
         })
         .collect();
-    if !float.is_empty() && o.format != Format::Lowbit {
-        // transformers matches these as substrings of module names: a linear kept in float in
-        // every layer is listed by its short name, otherwise by full name.
-        let mut names: Vec<String> = Vec::new();
-        for spec in c.family.linears() {
-            let short = spec.name.rsplit('.').next().unwrap_or(spec.name);
-            let layers: Vec<&String> = float.iter().filter(|f| f.ends_with(&format!(".{}", spec.name))).collect();
-            if layers.len() == c.num_layers {
-                names.push(short.to_string());
-            } else {
-                names.extend(layers.into_iter().cloned());
-            }
-        }
-        cfg["quantization_config"]["modules_to_not_convert"] = names.into();
-    }
+    cfg["quantization_config"] = match o.format {
+        Format::Lowbit => serde_json::to_value(meta)?,
+        f => f.hf_quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym, c.num_layers, &modules),
+    };
     cfg["torch_dtype"] = format!("{:?}", o.float_dtype)
         .to_lowercase()
         .replace("f16", "float16")

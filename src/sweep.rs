@@ -113,6 +113,7 @@ pub fn vptq_for_bits(bits: u8, base: &VptqConfig, out_dims: &[usize]) -> Option<
 
 struct Combo {
     name: String,
+    tables: Vec<(&'static str, quantize::LinearPlan)>,
     o: Options,
     plans: Vec<Vec<Option<LinearPlan>>>,
     ckpt: Checkpointer,
@@ -240,6 +241,7 @@ fn run(
             }
             o.out = tmp.join(&name);
             let plans = quantize::plan_layers(model, &o)?;
+            let tables = quantize::plan_tables(model, &o)?;
             let dir = tmp.join(format!(".{name}.partial"));
             std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
             records.push(Record { dir: Some(name.clone()), ..empty_record(&o) });
@@ -247,6 +249,7 @@ fn run(
                 name,
                 o,
                 plans,
+                tables,
                 ckpt: Checkpointer::new(&dir, ""),
                 bits: 0,
                 weights: 0,
@@ -297,14 +300,15 @@ fn run(
     }
     drop(h);
     progress(c.num_layers, c.num_layers, "writing");
-    let tail = quantize::tail_tensors(model, s.base.float_dtype)?;
     for k in &mut combos {
         let t = Instant::now();
         let mut tensors = Vec::new();
         for i in 0..c.num_layers {
             tensors.extend(k.ckpt.read_layer(i)?);
         }
-        tensors.extend(tail.iter().cloned());
+        let (tail, tail_meta) = quantize::tail_tensors(model, &k.o, &k.tables, false)?;
+        tensors.extend(tail);
+        k.meta.modules.extend(tail_meta);
         quantize::check_finite_output(&tensors).with_context(|| k.name.clone())?;
         quantize::write_output(model_dir, model, &k.o, &k.ckpt.dir, &tensors, &k.meta, &k.plans)?;
         // Each checkpoint is a lowbit output of its own (manifest included), moved into place
@@ -313,7 +317,6 @@ fn run(
         std::fs::rename(&k.ckpt.dir, &k.o.out).with_context(|| format!("{}: cannot move into place", k.o.out.display()))?;
         k.seconds += t.elapsed().as_secs_f64();
     }
-    drop(tail);
 
     // Phase 2: score the float model and every combination on the same windows. Each open model
     // caches its f32 embedding/lm_head tables, so models are scored in passes whose tables stay
@@ -340,7 +343,8 @@ fn run(
     for rec in records.iter_mut() {
         let Some((k, r)) = rec.dir.as_deref().and_then(|d| by_name.get(d)) else { continue };
         let info = crate::qmodel::inspect(&k.o.out)?;
-        rec.bpw = Some(k.bits as f64 / k.weights.max(1) as f64);
+        // inspect's count of the written checkpoint: the same function quantize reports with.
+        rec.bpw = info.linear_bits_per_weight;
         rec.model_bpw = Some(info.bits_per_weight);
         rec.size_mb = Some(info.total_bytes as f64 / 1e6);
         rec.ppl = Some(r.ppl);

@@ -360,7 +360,7 @@ fn config_seeds() -> Vec<(String, Vec<u8>)> {
     c["quantization_config"] = AwqPacked::quantization_config(128);
     out.push(("seed-awq".into(), c));
     let mut c = llama_config();
-    c["quantization_config"] = GptqPacked::quantization_config(3, 128, true, false);
+    c["quantization_config"] = GptqPacked::quantization_config(3, 128, true, false, &[]);
     out.push(("seed-gptq".into(), c));
     let mut c = llama_config();
     c["quantization_config"] = json!({
@@ -397,13 +397,16 @@ fn packed_seeds(r: &mut Rng) -> Vec<(String, Vec<u8>)> {
     out.push(("seed-awq".to_string(), packed_seed(AwqPacked::quantization_config(32), &awq.to_tensors(p))));
     // GPTQ v1: 4-bit with trivial g_idx, 3-bit with act-order g_idx, 8-bit one group per row.
     let gptq = GptqPacked::pack(&group_q(r, 32, 64, 4, 32, Grid::Affine)).unwrap();
-    out.push(("seed-gptq-4bit".into(), packed_seed(GptqPacked::quantization_config(4, 32, false, false), &gptq.to_tensors(p))));
+    out.push(("seed-gptq-4bit".into(), packed_seed(GptqPacked::quantization_config(4, 32, false, false, &[]), &gptq.to_tensors(p))));
     let mut q = group_q(r, 32, 96, 3, 32, Grid::Affine);
     q.g_idx = Some((0..96).map(|c| ((c * 7) % 96 / 32) as u32).collect());
     let gptq3 = GptqPacked::pack(&q).unwrap();
-    out.push(("seed-gptq-3bit-act-order".into(), packed_seed(GptqPacked::quantization_config(3, 32, true, false), &gptq3.to_tensors(p))));
+    out.push((
+        "seed-gptq-3bit-act-order".into(),
+        packed_seed(GptqPacked::quantization_config(3, 32, true, false, &[]), &gptq3.to_tensors(p)),
+    ));
     let gptq8 = GptqPacked::pack(&group_q(r, 32, 32, 8, 32, Grid::Affine)).unwrap();
-    let mut cfg8 = GptqPacked::quantization_config(8, 32, false, true);
+    let mut cfg8 = GptqPacked::quantization_config(8, 32, false, true, &[]);
     cfg8["group_size"] = (-1).into();
     out.push(("seed-gptq-8bit-per-row".into(), packed_seed(cfg8, &gptq8.to_tensors(p))));
     // lowbit: affine 4-bit with a short last group, halfint 3-bit, shift 2-bit with g_idx.

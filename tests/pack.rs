@@ -272,14 +272,68 @@ fn gptq_round_trips() {
         // g=40 leaves a short last group of 16; g=96 is one group per row.
         for (out, inf, g) in [(64, 96, 32), (32, 96, 40), (32, 64, 64)] {
             for permute in [false, true] {
-                let q = random_q(&mut rng, (out, inf, g), bits, Grid::Affine, (1, (1u64 << bits).min(255)), permute);
+                let q = random_q(&mut rng, (out, inf, g), bits, Grid::Affine, (1, (1u64 << bits) - 1), permute);
                 check_layout::<GptqPacked>(&q, &HfQuantMeta { bits, group_size: g as i64 }, &mut rng);
             }
         }
     }
     // group_size -1 in the config means one group per row.
-    let q = random_q(&mut rng, (32, 64, 64), 4, Grid::Affine, (1, 16), false);
+    let q = random_q(&mut rng, (32, 64, 64), 4, Grid::Affine, (1, 15), false);
     check_layout::<GptqPacked>(&q, &HfQuantMeta { bits: 4, group_size: -1 }, &mut rng);
+}
+
+/// A qzeros field as GPTQModel's `_correct_gptq_v1_qzeros` and AutoGPTQ's torch dequant read it:
+/// the `bits`-wide field `o` of row `g` (the stream of `out` fields), plus one, modulo `2^bits`.
+fn gptq_loader_zero(qz: &[u32], zw: usize, bits: usize, g: usize, o: usize) -> u32 {
+    let bit = o * bits;
+    let (lo, hi) = (qz[g * zw + bit / 32] as u64, qz.get(g * zw + bit / 32 + 1).copied().unwrap_or(0) as u64);
+    let field = ((lo | hi << 32) >> (bit % 32)) & ((1 << bits) - 1);
+    ((field + 1) & ((1 << bits) - 1)) as u32
+}
+
+/// Zero point 0 (a group of non-negative weights) in the GPTQ v1 layout: where the group leaves
+/// its top code unused it is stored as the equivalent zero point 1 with every code one higher
+/// (no all-ones field, which a word-wide v1→v2 conversion would carry out of); otherwise as the
+/// all-ones field, which the loaders' per-field `(field + 1) mod 2^bits` reads back as 0.
+/// Either way the loaders' weights equal the quantized ones.
+#[test]
+fn gptq_zero_point_zero() {
+    let mut rng = Rng(2024);
+    for bits in [2u8, 3, 4, 8] {
+        let maxq = (1u32 << bits) - 1;
+        // Group 0 of every row: zero 0, codes below maxq (movable); group 1: zero 0 with code maxq
+        // at column 32 + (o % 32) (kept as the all-ones field); group 2: zero 1 + o % maxq.
+        let q = groupq(
+            32,
+            96,
+            bits,
+            32,
+            Grid::Affine,
+            |o, i| match i / 32 {
+                0 => ((o + i) as u32 % maxq) as u8,
+                1 if i - 32 == o % 32 => maxq as u8,
+                _ => ((o * 7 + i) as u32 % (maxq + 1)) as u8,
+            },
+            |o, g| if g < 2 { 0 } else { (1 + o as u32 % maxq) as u8 },
+        );
+        let p = GptqPacked::pack(&q).unwrap();
+        assert_eq!(p.wrapped_zeros(), 32, "{bits}-bit: only group 1 keeps zero point 0");
+        let t = p.to_tensors("m");
+        let qz = i32s(tensor(&t, "m.qzeros"));
+        let zw = 32 * bits as usize / 32;
+        for o in 0..32 {
+            assert_eq!(gptq_loader_zero(&qz, zw, bits as usize, 0, o), 1, "{bits}-bit group 0 moved to zero point 1");
+            assert_eq!(gptq_loader_zero(&qz, zw, bits as usize, 1, o), 0, "{bits}-bit group 1 reads back as 0");
+            assert_eq!(gptq_loader_zero(&qz, zw, bits as usize, 2, o), 1 + o as u32 % maxq);
+        }
+        let back = GptqPacked::from_tensors(&t, "m", &HfQuantMeta { bits, group_size: 32 }).unwrap().unpack().unwrap();
+        assert_eq!(back.dequantize(), q.dequantize(), "{bits}-bit: the stored weights are the quantized ones");
+        let x: Vec<f32> = (0..2 * 96).map(|_| rng.f32()).collect();
+        let (y, yr) = (p.dequant_matmul(&x, 2), naive(&q, &x, 2).0);
+        for k in 0..y.len() {
+            assert!((y[k] as f64 - yr[k]).abs() <= 1e-4 * yr[k].abs().max(1.0), "{bits}-bit y[{k}]");
+        }
+    }
 }
 
 #[test]
@@ -352,7 +406,7 @@ fn refusals() {
     assert!(err(GptqPacked::pack(&affine(32, 32, 5, 32))).contains("2, 3, 4 or 8"));
     assert!(err(GptqPacked::pack(&affine(32, 20, 4, 4))).contains("multiples of 32"));
     assert!(err(GptqPacked::pack(&affine(24, 32, 4, 32))).contains("multiples of 32"));
-    assert!(err(GptqPacked::pack(&groupq(32, 32, 4, 32, Grid::Affine, |_, _| 1, |_, _| 0))).contains("zero-1"));
+    assert!(err(GptqPacked::pack(&groupq(32, 32, 4, 32, Grid::Affine, |_, _| 1, |_, _| 16))).contains("4-bit zero points"));
     assert!(err(GptqPacked::pack(&groupq(32, 32, 4, 32, Grid::Shift, |_, _| 1, |_, _| 0))).contains("affine"));
 
     assert!(err(LowbitPacked::pack(&affine(2, 20, 1, 8))).contains("2..=8"));

@@ -105,7 +105,7 @@ impl GroupRows {
                     zeros: (0..out * ng)
                         .map(|k| {
                             let (o, gr) = (k / ng, k % ng);
-                            bits_u32(&qzeros[gr * zw..(gr + 1) * zw], 1, 0, o * b, *bits) as u16 + 1
+                            crate::pack::gptq::zero_of_field(bits_u32(&qzeros[gr * zw..(gr + 1) * zw], 1, 0, o * b, *bits), *bits) as u16
                         })
                         .collect(),
                 }

@@ -31,7 +31,7 @@ impl GpuGrid {
 pub enum PackedOnGpu {
     /// AutoAWQ GEMM, 4-bit: qweight `[in, out/8]`, qzeros `[in/g, out/8]`, scales `[in/g, out]`.
     Awq { out: usize, in_features: usize, group_size: usize, qweight: Vec<i32>, qzeros: Vec<i32>, scales: Vec<f16> },
-    /// GPTQ v1: qweight `[in*bits/32, out]`, qzeros `[n_groups, out*bits/32]` (zero-1),
+    /// GPTQ v1: qweight `[in*bits/32, out]`, qzeros `[n_groups, out*bits/32]` ((zero-1) mod 2^bits),
     /// scales `[n_groups, out]`, g_idx `[in]` (None = i / group_size).
     Gptq {
         out: usize,

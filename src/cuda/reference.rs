@@ -63,7 +63,7 @@ impl PackedOnGpu {
                     let gr = g_idx.as_ref().map_or(i / group_size, |g| g[i] as usize);
                     let q = bits_u32(qweight, *out, o, i * b, *bits);
                     let zs = bits_u32(&qzeros[gr * zw..(gr + 1) * zw], 1, 0, o * b, *bits);
-                    *wi = (q as f32 - (zs + 1) as f32) * scales[gr * out + o].to_f32();
+                    *wi = (q as f32 - crate::pack::gptq::zero_of_field(zs, *bits) as f32) * scales[gr * out + o].to_f32();
                 }
             }
             PackedOnGpu::Lowbit { in_features, bits, group_size, grid, qweight, scales, qzeros, g_idx, .. } => {

@@ -85,9 +85,9 @@ pub fn gptq(out: usize, inf: usize, bits: u32, group: usize, act_order: bool, se
     let mut qz = vec![0u32; ng * zw];
     for gr in 0..ng {
         for o in 0..out {
-            // stored zero - 1, zero in 1 ..= 2^bits - 1 so the stored value never underflows
-            let z = 1 + r.below((1 << bits) - 1);
-            put_bits_words(&mut qz[gr * zw..(gr + 1) * zw], 1, 0, o * bits as usize, bits, z - 1);
+            // stored (zero - 1) mod 2^bits: zero 0 (all-ones field) included
+            let z = r.below(1 << bits);
+            put_bits_words(&mut qz[gr * zw..(gr + 1) * zw], 1, 0, o * bits as usize, bits, z.wrapping_sub(1) & ((1 << bits) - 1));
         }
     }
     let scales = (0..ng * out).map(|_| scale(&mut r)).collect();

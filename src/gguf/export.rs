@@ -387,8 +387,12 @@ fn gpt2_pre(p: Option<&Json>) -> Option<&'static str> {
 /// What [`write_model`] wrote.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
+    /// Bytes of the whole file.
     pub bytes: u64,
-    /// Logical weights in the file.
+    /// Bytes of the tensor data (what llama.cpp's "model size" and BPW count, and
+    /// `lowbit inspect`'s total).
+    pub tensor_bytes: u64,
+    /// Logical weights in the file (every tensor's elements).
     pub params: u64,
     /// Token embedding / output tensors stored in another type than asked for.
     pub fallbacks: Vec<String>,
@@ -436,6 +440,21 @@ pub fn write_model(
     output: Option<GgmlType>,
     out: &Path,
 ) -> Result<Written> {
+    let (w, mut written) = build_model(model_dir, model, tensors, base, embd, output)?;
+    written.bytes = w.write(out)?;
+    Ok(written)
+}
+
+/// The GGUF file [`write_model`] writes, in memory, with its parameter count and fallbacks
+/// (`bytes` is left 0; `--dry-run` takes the serialized length).
+pub fn build_model(
+    model_dir: &Path,
+    model: &crate::model::Model,
+    tensors: &[crate::st_write::OutTensor],
+    base: GgmlType,
+    embd: Option<GgmlType>,
+    output: Option<GgmlType>,
+) -> Result<(GgufWriter, Written)> {
     let cfg = &model.cfg;
     let mut w = GgufWriter::default();
     // " (lowbit)" marks the file as lowbit's, so that --force may replace it later.
@@ -446,8 +465,7 @@ pub fn write_model(
     let tied = cfg.tie_word_embeddings;
     let (embd_ty, out_ty) = embd_output_types(base, embd, output, tied);
     let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-    let mut push = |w: &mut GgufWriter, name: String, shape: &[usize], ty: GgmlType, data: Vec<u8>| {
-        written.params += shape.iter().product::<usize>() as u64;
+    let push = |w: &mut GgufWriter, name: String, shape: &[usize], ty: GgmlType, data: Vec<u8>| {
         w.tensors.push(WTensor { name, dims: shape.iter().rev().map(|&x| x as u64).collect(), ty, data });
     };
     let e = model.ck.f32_shaped("model.embed_tokens.weight", &[v, d])?;
@@ -496,6 +514,7 @@ pub fn write_model(
         let (ty, data) = encode_float("output.weight", &o, v, d, out_ty, &mut written.fallbacks);
         push(&mut w, "output.weight".into(), &[v, d], ty, data);
     }
-    written.bytes = w.write(out)?;
-    Ok(written)
+    written.params = w.tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    written.tensor_bytes = w.tensors.iter().map(|t| t.data.len() as u64).sum();
+    Ok((w, written))
 }

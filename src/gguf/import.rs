@@ -93,8 +93,8 @@ impl Default for ImportOptions {
     }
 }
 
-/// What [`import_gguf`] did.
-#[derive(Clone, Debug)]
+/// What [`import_gguf`] did (`import-gguf --json` prints it as one object).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ImportReport {
     pub out: PathBuf,
     pub tensors: usize,

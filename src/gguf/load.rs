@@ -133,6 +133,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         parameters: params,
         total_bytes: bytes,
         bits_per_weight: 8.0 * bytes as f64 / params.max(1) as f64,
+        linear_bits_per_weight: None,
         quantization: Some(serde_json::json!({
             "format": "gguf",
             "version": g.version,

@@ -3,9 +3,18 @@
 //! * `qweight` I32 `[in*bits/32, out]`: column `o` is the little-endian bit stream (see
 //!   [`super::stream_word`]) of the codes `q[o][0..in]`; for 2/4/8 bits each word holds
 //!   `32/bits` whole codes, for 3 bits 32 codes span 3 words and codes 10 and 21 straddle words;
-//! * `qzeros` I32 `[n_groups, out*bits/32]`: row `g` is the bit stream of `zero[0..out][g] - 1`;
+//! * `qzeros` I32 `[n_groups, out*bits/32]`: row `g` is the bit stream of the fields
+//!   `(zero[0..out][g] - 1) mod 2^bits` (AutoGPTQ's v1 convention; readers add 1 back per field,
+//!   modulo `2^bits`, as GPTQModel's `_correct_gptq_v1_qzeros` and AutoGPTQ's torch kernels do);
 //! * `scales` F16 `[n_groups, out]`, `n_groups = ceil(in / group_size)`;
 //! * `g_idx` I32 `[in]`: the group of every input column (`i / group_size` without act-order).
+//!
+//! A zero point of 0 (a group whose weights are all `>= 0`) is stored as the all-ones field. Where
+//! the group leaves its top code unused, [`GptqPacked::pack`] first moves it to the equivalent
+//! zero point 1 (every code + 1), so that the file also reads correctly through GPTQModel's
+//! word-wide v1→v2 conversion (which adds `0x11111111` to each 32-bit word and would carry out of
+//! an all-ones field into its neighbour). Only a group spanning both code 0 and the top code
+//! with zero point 0 keeps the all-ones field (see docs/formats.md).
 //!
 //! AutoGPTQ sizes the packed tensors with `in / 32 * bits` and `out / 32 * bits`, so both
 //! dimensions must be multiples of 32. `w[o][i] = (q - z) * s` with the group `g_idx[i]`.
@@ -19,6 +28,12 @@ use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
 use safetensors::tensor::Dtype;
+
+/// The zero point a `bits`-wide qzeros field stands for: the field plus one, modulo `2^bits`.
+#[inline]
+pub fn zero_of_field(field: u32, bits: u32) -> u32 {
+    (field + 1) & ((1u32 << bits) - 1)
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptqPacked {
@@ -43,18 +58,53 @@ impl GptqPacked {
 
     /// The `quantization_config` GPTQ readers expect (`desc_act`: act-order g_idx; `sym`:
     /// every zero point is `2^(bits-1)`).
-    pub fn quantization_config(bits: u8, group_size: usize, desc_act: bool, sym: bool) -> serde_json::Value {
-        serde_json::json!({
+    ///
+    /// `modules` lists every decoder linear with its `(bits, group_size)`, `None` for one kept in
+    /// float. Modules that differ from the base `bits` / `group_size` get an entry in GPTQModel's
+    /// `dynamic` map (`"+:REGEX": {"bits", "group_size"}`), float ones a `"-:REGEX"` entry; each
+    /// REGEX is the module's full name, anchored and escaped.
+    pub fn quantization_config(
+        bits: u8,
+        group_size: usize,
+        desc_act: bool,
+        sym: bool,
+        modules: &[(String, Option<(u8, usize)>)],
+    ) -> serde_json::Value {
+        let mut c = serde_json::json!({
             "quant_method": "gptq", "bits": bits, "group_size": group_size,
             "desc_act": desc_act, "sym": sym, "checkpoint_format": "gptq"
-        })
+        });
+        let mut dynamic = serde_json::Map::new();
+        for (name, plan) in modules {
+            let re = format!("^{}$", regex::escape(name));
+            match plan {
+                None => {
+                    dynamic.insert(format!("-:{re}"), serde_json::json!({}));
+                }
+                Some((b, g)) if (*b, *g) != (bits, group_size) => {
+                    dynamic.insert(format!("+:{re}"), serde_json::json!({ "bits": b, "group_size": g }));
+                }
+                Some(_) => {}
+            }
+        }
+        if !dynamic.is_empty() {
+            c["dynamic"] = dynamic.into();
+        }
+        c
     }
 
-    /// Zero point of output channel `o` in group `g` (the stored value plus one).
+    /// Zero point of output channel `o` in group `g`.
     #[inline]
     fn zero(&self, g: usize, o: usize) -> u32 {
-        let zw = self.out_features * self.bits as usize / 32;
-        stream_code(|k| self.qzeros[g * zw + k] as u32, self.bits as usize, o) + 1
+        let (zw, b) = (self.out_features * self.bits as usize / 32, self.bits as usize);
+        zero_of_field(stream_code(|k| self.qzeros[g * zw + k] as u32, b, o), b as u32)
+    }
+
+    /// Number of (output channel, group) pairs whose zero point is stored as the all-ones field
+    /// (zero point 0): the ones a word-wide v1→v2 conversion misreads.
+    pub fn wrapped_zeros(&self) -> usize {
+        let (o, ng) = (self.out_features, self.n_groups());
+        (0..ng).map(|g| (0..o).filter(|&r| self.zero(g, r) == 0).count()).sum()
     }
 }
 
@@ -72,12 +122,32 @@ impl PackedLayout for GptqPacked {
         );
         let ng = i.div_ceil(g);
         ensure!(q.n_groups() == ng, "GPTQ v1 layout stores ceil(in/group_size) = {ng} groups, g_idx uses {}", q.n_groups());
-        if let Some(&z) = q.zeros.iter().find(|&&z| z == 0 || z as usize > 1 << b) {
-            bail!("GPTQ v1 layout stores zero-1 in {b} bits, so zero points must be in 1..={}; got {z}", 1 << b);
+        let maxq = (1u32 << b) - 1;
+        if let Some(&z) = q.zeros.iter().find(|&&z| z as u32 > maxq) {
+            bail!("GPTQ v1 layout stores {b}-bit zero points; got {z}");
         }
+        // Zero point 0 with the top code unused: the same weights with every code and the zero
+        // point one higher (no all-ones qzeros field, see the module docs).
+        let mut codes = std::borrow::Cow::Borrowed(&q.codes);
+        let mut zeros = std::borrow::Cow::Borrowed(&q.zeros);
+        for r in 0..o {
+            for gi in 0..ng {
+                if q.zeros[r * ng + gi] != 0 {
+                    continue;
+                }
+                let cols = (0..i).filter(|&c| q.group_of(c) == gi);
+                if cols.clone().all(|c| (q.codes[r * i + c] as u32) < maxq) {
+                    let cm = codes.to_mut();
+                    cols.for_each(|c| cm[r * i + c] += 1);
+                    zeros.to_mut()[r * ng + gi] = 1;
+                }
+            }
+        }
+        let (codes, zeros) = (codes.as_slice(), zeros.as_slice());
         let (iw, zw) = (i * b / 32, o * b / 32);
-        let qweight = (0..iw * o).map(|k| stream_word(|c| q.codes[(k % o) * i + c] as u32, i, b, k / o) as i32).collect();
-        let qzeros = (0..ng * zw).map(|k| stream_word(|r| q.zeros[r * ng + k / zw] as u32 - 1, o, b, k % zw) as i32).collect();
+        let qweight = (0..iw * o).map(|k| stream_word(|c| codes[(k % o) * i + c] as u32, i, b, k / o) as i32).collect();
+        let qzeros =
+            (0..ng * zw).map(|k| stream_word(|r| (zeros[r * ng + k / zw] as u32).wrapping_sub(1) & maxq, o, b, k % zw) as i32).collect();
         let st: Vec<f32> = (0..ng * o).map(|k| q.scales[(k % o) * ng + k / o]).collect();
         let g_idx = (0..i).map(|c| q.group_of(c) as u32).collect();
         Ok(Self { out_features: o, in_features: i, bits: b as u8, group_size: g, qweight, qzeros, scales: scales_to_f16(&st)?, g_idx })
@@ -104,9 +174,7 @@ impl PackedLayout for GptqPacked {
                 q.codes[r * i + c] = stream_code(|k| self.qweight[k * o + r] as u32, b, c) as u8;
             }
             for g in 0..ng {
-                let z = self.zero(g, r);
-                ensure!(z < 256, "GPTQ zero point {z} (group {g}, output {r}) does not fit in a byte");
-                q.zeros[r * ng + g] = z as u8;
+                q.zeros[r * ng + g] = self.zero(g, r) as u8;
                 q.scales[r * ng + g] = self.scales[g * o + r].to_f32();
             }
         }

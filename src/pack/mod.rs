@@ -24,7 +24,7 @@ pub use awq::AwqPacked;
 pub use gptq::GptqPacked;
 pub use lowbit::{LowbitModuleMeta, LowbitPacked, LowbitQuantConfig};
 
-use crate::quant::GroupQ;
+use crate::quant::{Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -99,12 +99,22 @@ impl HfQuantMeta {
     }
 }
 
-/// Which layout to write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The on-disk layout of a quantized checkpoint (`--format`). Each layout owns its rules: which
+/// linears it can hold ([`Layout::check`], from the plan and the shape alone), the tensors it
+/// stores for one ([`Layout::tensor_specs`], exact sizes for `--dry-run`), and which stored
+/// tensors belong to a packed module ([`is_packed_tensor`]). GGUF linears are written by
+/// `crate::gguf::export`; in a lowbit directory GGUF codes use the lowbit layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layout {
-    Awq,
-    Gptq,
+    /// lowbit's own layout (any method, 2..8 bits); docs/formats.md.
     Lowbit,
+    /// AutoAWQ GEMM (4-bit), loadable by transformers and vLLM.
+    Awq,
+    /// GPTQ v1 (2/3/4/8-bit; per-module bits and group size in GPTQModel's `dynamic`).
+    Gptq,
+    /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
+    Gguf,
 }
 
 impl std::str::FromStr for Layout {
@@ -114,8 +124,249 @@ impl std::str::FromStr for Layout {
             "awq" => Layout::Awq,
             "gptq" => Layout::Gptq,
             "lowbit" => Layout::Lowbit,
-            _ => bail!("unknown packed layout {s:?} (expected awq, gptq or lowbit)"),
+            "gguf" => Layout::Gguf,
+            _ => bail!("unknown packed layout {s:?} (expected awq, gptq, lowbit or gguf)"),
         })
+    }
+}
+
+/// What a plan asks of a layout for one linear: code width, group size, grid, whether the input
+/// columns are regrouped (GPTQ act-order: a g_idx), and whether it is vector-quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub bits: u8,
+    pub group_size: usize,
+    pub grid: Grid,
+    pub g_idx: bool,
+    pub vq: bool,
+}
+
+/// One stored tensor of a packed module: name suffix, dtype, shape.
+pub type TensorSpec = (&'static str, Dtype, Vec<usize>);
+
+impl Layout {
+    /// The `--format` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Lowbit => "lowbit",
+            Layout::Awq => "awq",
+            Layout::Gptq => "gptq",
+            Layout::Gguf => "gguf",
+        }
+    }
+
+    /// The layout group-quantized codes are packed in (a lowbit directory for GGUF codes).
+    pub fn group_layout(self) -> Layout {
+        match self {
+            Layout::Gguf => Layout::Lowbit,
+            l => l,
+        }
+    }
+
+    /// Whether this layout can store an `out × inn` linear quantized as `w`; the error says why
+    /// not (without the module name, which the caller adds). Decided from the plan and the shape
+    /// only: any codes the plan can produce are then packed (GPTQ zero points of 0 included).
+    pub fn check(self, w: &Want, out: usize, inn: usize) -> std::result::Result<(), String> {
+        let (b, g) = (w.bits, w.group_size);
+        if g == 0 {
+            return Err("group size 0".into());
+        }
+        match self.group_layout() {
+            Layout::Lowbit => {
+                if !w.vq && !(2..=8).contains(&b) {
+                    return Err(format!("the lowbit layout holds 2..=8-bit codes, not {b}"));
+                }
+            }
+            Layout::Awq => {
+                if w.vq {
+                    return Err("AutoAWQ's GEMM layout holds no vector-quantized weights (use --format lowbit)".into());
+                }
+                if b != 4 {
+                    return Err(format!("AutoAWQ's GEMM layout holds 4-bit codes only, not {b}"));
+                }
+                if w.grid != Grid::Affine {
+                    return Err(format!("AutoAWQ's GEMM layout holds the affine grid only, not {}", lowbit::grid_name::name(w.grid)));
+                }
+                if w.g_idx && inn.div_ceil(g) > 1 {
+                    return Err("AutoAWQ's GEMM layout has no g_idx (act-order regroups the input columns)".into());
+                }
+                if !inn.is_multiple_of(g) {
+                    return Err(format!("AutoAWQ's GEMM layout needs in_features ({inn}) divisible by the group size ({g})"));
+                }
+                if !out.is_multiple_of(8) {
+                    return Err(format!("AutoAWQ's GEMM layout needs out_features ({out}) divisible by 8"));
+                }
+            }
+            Layout::Gptq => {
+                if w.vq {
+                    return Err("the GPTQ layout holds no vector-quantized weights (use --format lowbit)".into());
+                }
+                if !matches!(b, 2 | 3 | 4 | 8) {
+                    return Err(format!("the GPTQ v1 layout holds 2, 3, 4 or 8-bit codes, not {b}"));
+                }
+                if w.grid != Grid::Affine {
+                    return Err(format!("the GPTQ v1 layout holds the affine grid only, not {}", lowbit::grid_name::name(w.grid)));
+                }
+                if !inn.is_multiple_of(32) || !out.is_multiple_of(32) {
+                    return Err(format!(
+                        "the GPTQ v1 layout packs in 32-element runs: in_features ({inn}) and out_features ({out}) must be multiples of 32"
+                    ));
+                }
+            }
+            Layout::Gguf => unreachable!("group_layout maps GGUF to lowbit"),
+        }
+        Ok(())
+    }
+
+    /// The tensors this layout stores for an `out × inn` group-quantized linear planned as `w`
+    /// (which [`Layout::check`] accepted): exact dtypes and shapes, so `--dry-run` sizes are
+    /// the written sizes.
+    pub fn tensor_specs(self, w: &Want, out: usize, inn: usize) -> Vec<TensorSpec> {
+        let (b, g) = (w.bits as usize, w.group_size);
+        let ng = inn.div_ceil(g);
+        match self.group_layout() {
+            Layout::Lowbit => {
+                let mut t = vec![("qweight", Dtype::U8, vec![out, lowbit::row_bytes(inn, w.bits)]), ("scales", Dtype::F16, vec![out, ng])];
+                if w.grid == Grid::Affine {
+                    t.push(("qzeros", Dtype::U8, vec![out, ng]));
+                }
+                if w.g_idx && ng > 1 {
+                    t.push(("g_idx", Dtype::I32, vec![inn]));
+                }
+                t
+            }
+            Layout::Awq => vec![
+                ("qweight", Dtype::I32, vec![inn, out / 8]),
+                ("qzeros", Dtype::I32, vec![inn / g, out / 8]),
+                ("scales", Dtype::F16, vec![inn / g, out]),
+            ],
+            Layout::Gptq => vec![
+                ("qweight", Dtype::I32, vec![inn * b / 32, out]),
+                ("qzeros", Dtype::I32, vec![ng, out * b / 32]),
+                ("scales", Dtype::F16, vec![ng, out]),
+                ("g_idx", Dtype::I32, vec![inn]),
+            ],
+            Layout::Gguf => unreachable!("group_layout maps GGUF to lowbit"),
+        }
+    }
+}
+
+impl Layout {
+    /// The `quantization_config` of an HF layout (AWQ, GPTQ) for a checkpoint whose decoder
+    /// linears are `modules` (full name, `(bits, group_size)` or `None` when kept in float;
+    /// `n_layers` layers): the layout's own header (GPTQ with GPTQModel's per-module `dynamic`
+    /// entries), plus `modules_to_not_convert` for the float ones. transformers matches these
+    /// names as substrings, so a linear kept in float in every layer is listed by its short name,
+    /// otherwise by full name. The planner refused what a header cannot say (AWQ mixtures).
+    pub fn hf_quantization_config(
+        self,
+        bits: u8,
+        group_size: usize,
+        desc_act: bool,
+        sym: bool,
+        n_layers: usize,
+        modules: &[(String, Option<(u8, usize)>)],
+    ) -> serde_json::Value {
+        let mut c = match self {
+            Layout::Awq => AwqPacked::quantization_config(group_size),
+            Layout::Gptq => GptqPacked::quantization_config(bits, group_size, desc_act, sym, modules),
+            Layout::Lowbit | Layout::Gguf => unreachable!("{} is not an HF layout", self.name()),
+        };
+        let float: Vec<&str> = modules.iter().filter(|m| m.1.is_none()).map(|m| m.0.as_str()).collect();
+        if !float.is_empty() {
+            // The linear's name within its layer: what follows "model.layers.N.".
+            let within =
+                |n: &str| n.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).map_or(n.to_string(), |(_, l)| l.to_string());
+            let mut kinds: Vec<String> = Vec::new();
+            for m in modules {
+                let k = within(&m.0);
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+            let mut names: Vec<String> = Vec::new();
+            for k in kinds {
+                let layers: Vec<&str> = float.iter().copied().filter(|f| within(f) == k).collect();
+                if layers.len() == n_layers {
+                    names.push(k.rsplit('.').next().unwrap_or(&k).to_string());
+                } else {
+                    names.extend(layers.into_iter().map(str::to_string));
+                }
+            }
+            c["modules_to_not_convert"] = names.into();
+        }
+        c
+    }
+}
+
+/// Name suffixes of the tensors that make up a packed module, in any layout (group layouts and
+/// lowbit's VQ layout; GGUF block tensors end in `.ggml_TYPE`); a module's other tensors
+/// (`.bias`) are plain float tensors.
+pub const PACKED_SUFFIXES: [&str; 13] = [
+    "qweight",
+    "qzeros",
+    "scales",
+    "g_idx",
+    "vq_indices",
+    "centroids",
+    "vq_res_indices",
+    "res_centroids",
+    "col_scale",
+    "col_bias",
+    "outlier_cols",
+    "outlier_indices",
+    "outlier_centroids",
+];
+
+/// The module prefix of a tensor that belongs to a packed module (`None` for a float tensor).
+/// `is_module(prefix)` says whether `prefix` is a packed module of the checkpoint.
+pub fn packed_module_of(name: &str, is_module: impl Fn(&str) -> bool) -> Option<&str> {
+    let (prefix, suffix) = name.rsplit_once('.')?;
+    (PACKED_SUFFIXES.contains(&suffix) || suffix.starts_with("ggml_")).then_some(prefix).filter(|p| is_module(p))
+}
+
+/// Sizes of a checkpoint, the one count behind every bits-per-weight figure lowbit prints
+/// (quantize, `--dry-run`, inspect, sweep): every stored byte, every parameter (a packed
+/// module counts its `out × in` weights, a float tensor its elements), and the packed modules'
+/// bytes and weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SizeCount {
+    pub bytes: u64,
+    pub params: u64,
+    pub linear_bytes: u64,
+    pub linear_weights: u64,
+}
+
+impl SizeCount {
+    /// Counts tensors `(name, shape, stored bytes)`; `modules` maps each packed module's prefix
+    /// to its `(out, in)` shape.
+    pub fn of<'a>(
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize], u64)>,
+        modules: &std::collections::BTreeMap<String, (usize, usize)>,
+    ) -> Self {
+        let mut c = SizeCount::default();
+        for (name, shape, bytes) in tensors {
+            c.bytes += bytes;
+            match packed_module_of(name, |p| modules.contains_key(p)) {
+                Some(_) => c.linear_bytes += bytes,
+                None => c.params += shape.iter().product::<usize>() as u64,
+            }
+        }
+        for &(o, i) in modules.values() {
+            c.params += (o * i) as u64;
+            c.linear_weights += (o * i) as u64;
+        }
+        c
+    }
+
+    /// Stored bits per weight of the packed modules (scales, zeros, indices and codebooks included).
+    pub fn linear_bpw(&self) -> f64 {
+        8.0 * self.linear_bytes as f64 / self.linear_weights.max(1) as f64
+    }
+
+    /// Every stored byte × 8 / every parameter.
+    pub fn model_bpw(&self) -> f64 {
+        8.0 * self.bytes as f64 / self.params.max(1) as f64
     }
 }
 
@@ -142,7 +393,7 @@ impl Packed {
         Ok(match layout {
             Layout::Awq => Packed::Awq(AwqPacked::pack(q)?),
             Layout::Gptq => Packed::Gptq(GptqPacked::pack(q)?),
-            Layout::Lowbit => Packed::Lowbit(LowbitPacked::pack(q)?),
+            Layout::Lowbit | Layout::Gguf => Packed::Lowbit(LowbitPacked::pack(q)?),
         })
     }
     pub fn unpack(&self) -> Result<GroupQ> {

@@ -73,6 +73,30 @@ impl VqQ {
     }
 }
 
+/// The tensors the VQ layout stores for an `out × inn` linear quantized with `cfg` (suffix,
+/// dtype, shape: the same as [`VqPacked::to_tensors`] writes), known before quantizing.
+pub fn tensor_specs(cfg: &crate::quant::vptq::VptqConfig, out: usize, inn: usize) -> Vec<super::TensorSpec> {
+    let v = cfg.vector_len.max(1);
+    let nv = out / v;
+    let idx = |k: usize| row_bytes(nv, index_bits(k));
+    let mut t = vec![("vq_indices", Dtype::U8, vec![inn, idx(cfg.centroids)]), ("centroids", Dtype::F16, vec![cfg.centroids, v])];
+    if cfg.res_centroids > 0 {
+        t.push(("vq_res_indices", Dtype::U8, vec![inn, idx(cfg.res_centroids)]));
+        t.push(("res_centroids", Dtype::F16, vec![cfg.res_centroids, v]));
+    }
+    if cfg.normalize {
+        t.push(("col_scale", Dtype::F16, vec![inn]));
+        t.push(("col_bias", Dtype::F16, vec![inn]));
+    }
+    let (n_out, k_out) = (cfg.n_outlier_cols(inn), cfg.outlier_codebook(out, inn));
+    if n_out > 0 && k_out > 0 {
+        t.push(("outlier_cols", Dtype::I32, vec![n_out]));
+        t.push(("outlier_indices", Dtype::U8, vec![n_out, idx(k_out)]));
+        t.push(("outlier_centroids", Dtype::F16, vec![k_out, v]));
+    }
+    t
+}
+
 /// Packed index rows of one codebook: `rows × row_bytes(nv, bits)` bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedIndices {
