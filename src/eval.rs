@@ -81,6 +81,9 @@ pub struct EvalResult {
     pub ctx: usize,
     pub tokens_per_s: f64,
     pub seconds: f64,
+    /// CPU seconds (all threads) the process spent on this model's scoring: with other load on
+    /// the machine, `tokens / cpu_seconds` is the steadier speed.
+    pub cpu_seconds: f64,
     pub peak_rss_bytes: Option<u64>,
     /// Mean KL(P_reference ‖ P_model) over the scored positions (with a reference model).
     pub kld: Option<f64>,
@@ -94,10 +97,10 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 
-/// `ln Σ e^x` of a logits row, in f64, shifted by the max for stability.
+/// `ln Σ e^x` of a logits row, shifted by the max for stability (vectorised f32 exponentials
+/// summed in f64: [`crate::linalg::log_sum_exp`]).
 fn log_sum_exp(row: &[f32]) -> f64 {
-    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx
+    crate::linalg::log_sum_exp(row)
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -160,6 +163,21 @@ struct Acc {
     kld: f64,
     agree: usize,
     seconds: f64,
+    cpu: f64,
+}
+
+/// Wall and process CPU clocks at one instant.
+struct Clock(Instant, f64);
+
+impl Clock {
+    fn now() -> Self {
+        Clock(Instant::now(), crate::mem::process_cpu_seconds())
+    }
+    /// Add the wall and CPU seconds since `self` to `a`.
+    fn charge(&self, a: &mut Acc) {
+        a.seconds += self.0.elapsed().as_secs_f64();
+        a.cpu += crate::mem::process_cpu_seconds() - self.1;
+    }
 }
 
 /// Score several models on the same windows in one pass: the reference (if any) runs once per
@@ -189,7 +207,7 @@ pub fn perplexity_many(
     let mut step = 0usize;
     let mut report = |step: usize| on_tokens(((step as f64 * tokens_per_step) as usize).min(total), total);
     for (wi, win) in w.windows.iter().enumerate() {
-        let t = Instant::now();
+        let t = Clock::now();
         let href = reference
             .map(|r| {
                 r.hidden_with(win, w.ctx, &mut || {
@@ -198,18 +216,18 @@ pub fn perplexity_many(
                 })
             })
             .transpose()?;
-        ref_acc.seconds += t.elapsed().as_secs_f64();
+        t.charge(&mut ref_acc);
         let mut hs = Vec::with_capacity(models.len());
         for (m, a) in models.iter().zip(&mut accs) {
-            let t = Instant::now();
+            let t = Clock::now();
             hs.push(m.hidden_with(win, w.ctx, &mut || {
                 step += 1;
                 report(step)
             })?);
-            a.seconds += t.elapsed().as_secs_f64();
+            t.charge(a);
         }
         for chunk in positions.chunks(LOGIT_ROWS) {
-            let t = Instant::now();
+            let t = Clock::now();
             // The reference's log-probabilities and argmax, once per row for every model.
             let reference_rows: Option<Vec<(Vec<f64>, usize)>> = match (reference, &href) {
                 (Some(r), Some(hr)) => {
@@ -223,9 +241,9 @@ pub fn perplexity_many(
                 }
                 _ => None,
             };
-            ref_acc.seconds += t.elapsed().as_secs_f64();
+            t.charge(&mut ref_acc);
             for ((m, h), a) in models.iter().zip(&hs).zip(&mut accs) {
-                let t = Instant::now();
+                let t = Clock::now();
                 let logits = chunk_logits(m, h, chunk)?;
                 // Per row in parallel, summed in row order (the same sums at any thread count).
                 let scores: Vec<(f64, f64, bool)> = chunk
@@ -245,7 +263,7 @@ pub fn perplexity_many(
                     a.kld += kld;
                     a.agree += agree as usize;
                 }
-                a.seconds += t.elapsed().as_secs_f64();
+                t.charge(a);
             }
         }
         count += positions.len();
@@ -263,6 +281,7 @@ pub fn perplexity_many(
             ctx: w.ctx,
             tokens_per_s: tokens as f64 / a.seconds,
             seconds: a.seconds,
+            cpu_seconds: a.cpu,
             peak_rss_bytes: crate::mem::peak_rss_bytes(),
             kld: with_ref.then(|| a.kld / count as f64),
             top1_agreement: with_ref.then(|| a.agree as f64 / count as f64),

@@ -5,6 +5,7 @@
 //! `quant/` holds one file per method, `pack/` one file per packed layout.
 
 pub mod arch;
+pub mod attention;
 pub mod calib;
 pub mod checkpoint;
 pub mod cli;

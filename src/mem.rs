@@ -31,3 +31,18 @@ pub fn fmt_bytes(b: u64) -> String {
     }
     format!("{v:.1} {}", U[i])
 }
+
+/// CPU time (user + system, all threads) this process has used so far, in seconds; 0 where the
+/// platform does not report it. Unlike wall time it leaves out time lost to other processes.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+            return t(ru.ru_utime) + t(ru.ru_stime);
+        }
+    }
+    0.0
+}

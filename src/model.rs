@@ -5,18 +5,53 @@
 
 use crate::arch::{Input, LinearSpec};
 use crate::config::ModelConfig;
-use crate::linalg::{exp_fast, matmul_bt, matmul_bt_seq, matmul_seq, rms_norm, silu, sum8};
+use crate::linalg::{add_assign, matmul_bt, matmul_bt_into, rms_norm, rms_norm_inplace, rms_norm_into, silu_mul, simd_fn};
 use crate::rope::Rope;
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Result};
+use faer::Par;
 use rayon::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
 /// Rows (tokens) processed together inside one layer; bounds the size of intermediates.
 const CHUNK_TOKENS: usize = 4096;
-/// Query rows per attention task: one task holds at most `ATTN_BLOCK × ctx` scores.
-const ATTN_BLOCK: usize = 128;
+
+/// Rows per task of the row-parallel phases: about four tasks per thread (so a core slowed by
+/// other load hands work over), between 64 and 256 rows (thinner blocks lose GEMM efficiency).
+fn row_block(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).clamp(64, 256)
+}
+
+/// The gated MLP on a block of normed rows `xn` into `out` (`[n][hidden]`), sequentially; the
+/// activation (down_proj's input) copied to `act_out` if given.
+fn mlp_rows(lw: &LayerWeights, xn: &[f32], out: &mut [f32], act_out: Option<&mut [f32]>) {
+    let (wg, wu, wd) = (lw.get("mlp.gate_proj"), lw.get("mlp.up_proj"), lw.get("mlp.down_proj"));
+    let n = xn.len() / wg.inn;
+    let mut g = vec![0f32; n * wg.out];
+    let mut u = vec![0f32; n * wu.out];
+    wg.forward_seq(&mut g, xn, n);
+    wu.forward_seq(&mut u, xn, n);
+    silu_mul(&mut g, &u);
+    drop(u);
+    if let Some(ao) = act_out {
+        ao.copy_from_slice(&g);
+    }
+    wd.forward_seq(out, &g, n);
+}
+
+simd_fn! {
+    /// RoPE on a block of q and k rows whose first row is row `r0` of the chunk (position
+    /// `(r0 + i) % seq_len`).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_rows(rope: &Rope, q: &mut [f32], k: &mut [f32], r0: usize, seq_len: usize, qd: usize, kd: usize, hd: usize) {
+        for (i, (qr, kr)) in q.chunks_mut(qd).zip(k.chunks_mut(kd)).enumerate() {
+            let pos = (r0 + i) % seq_len;
+            qr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
+            kr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
+        }
+    }
+}
 
 /// A linear layer's weight `[out][inn]` in f32 (dequantized if the checkpoint is packed).
 #[derive(Clone, Debug)]
@@ -29,6 +64,16 @@ pub struct LinearW {
 }
 
 impl LinearW {
+    /// `y = x·Wᵀ (+ bias)` for `rows` rows, on the calling thread (for use inside parallel loops).
+    pub fn forward_seq(&self, y: &mut [f32], x: &[f32], rows: usize) {
+        matmul_bt_into(y, x, rows, self.inn, &self.w, self.out, Par::Seq);
+        if let Some(b) = &self.bias {
+            for r in y.chunks_mut(self.out) {
+                add_assign(r, b);
+            }
+        }
+    }
+
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut y = matmul_bt(x, rows, self.inn, &self.w, self.out);
         if let Some(b) = &self.bias {
@@ -67,6 +112,11 @@ impl LayerWeights {
         }
     }
 }
+
+/// What [`Model::forward_layer`]'s hook is: it sees `(input, x, rows)` for every linear's input.
+type LayerHook<'h> = dyn FnMut(Input, &[f32], usize) + 'h;
+/// A row block's slices of the full-size MLP input and activation buffers (when observed).
+type BlockOuts<'a> = (Option<&'a mut [f32]>, Option<&'a mut [f32]>);
 
 /// Loads a linear's f32 weight from a packed checkpoint; installed by the quantized-checkpoint
 /// reader (`qmodel`), `None` for plain checkpoints.
@@ -274,6 +324,7 @@ impl Model {
         if self.embed.get().is_none() {
             let v = self.linear_weight("model.embed_tokens", self.cfg.vocab_size, self.cfg.hidden_size)?;
             let _ = self.embed.set(v);
+            self.ck.release_pages();
         }
         Ok(self.embed.get().unwrap())
     }
@@ -285,6 +336,7 @@ impl Model {
         if self.lm_head.get().is_none() {
             let v = self.linear_weight("lm_head", self.cfg.vocab_size, self.cfg.hidden_size)?;
             let _ = self.lm_head.set(v);
+            self.ck.release_pages();
         }
         Ok(self.lm_head.get().unwrap())
     }
@@ -330,59 +382,125 @@ impl Model {
     /// independent sequences of `seq_len` tokens each (positions restart at 0 in each).
     /// `hook(input, x, rows)` sees the input of every linear, chunk by chunk.
     pub fn forward_layer(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
+        self.forward_layer_observed(lw, h, seq_len, Some(hook));
+    }
+
+    /// As [`Model::forward_layer`]; without a hook the linears' inputs are never gathered into
+    /// full-size buffers (each row block keeps its own).
+    fn forward_layer_observed<'h>(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, mut hook: Option<&mut LayerHook<'h>>) {
         let d = self.cfg.hidden_size;
         assert!(seq_len > 0 && h.len().is_multiple_of(seq_len * d));
         let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
         for chunk in h.chunks_mut(seqs_per_chunk * seq_len * d) {
-            self.forward_chunk(lw, chunk, seq_len, hook);
+            self.forward_chunk(lw, chunk, seq_len, hook.as_deref_mut());
         }
     }
 
-    fn forward_chunk(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) {
+    /// One chunk of whole sequences through a decoder layer, in three parallel phases: (A) per
+    /// row block RMSNorm, q/k/v, q/k norms and RoPE; (B) attention ([`crate::attention`]); (C) per
+    /// row block o_proj + residual, RMSNorm, gate/up, SiLU·up, down_proj + residual. Inside a
+    /// phase every GEMM is sequential on its row block, so both cores stay busy without a barrier
+    /// per GEMM. The hook sees each linear's full input after the phase that made it.
+    fn forward_chunk<'h>(&self, lw: &LayerWeights, h: &mut [f32], seq_len: usize, mut hook: Option<&mut LayerHook<'h>>) {
         let c = &self.cfg;
-        let xn = rms_norm(h, &lw.input_norm, c.rms_norm_eps);
-        let o = self.attention_block(lw, &xn, seq_len, hook);
-        drop(xn);
-        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        drop(o);
-        let xn = rms_norm(h, &lw.post_norm, c.rms_norm_eps);
-        let dn = self.mlp_block(lw, &xn, hook);
-        h.iter_mut().zip(&dn).for_each(|(a, b)| *a += b);
-    }
-
-    /// Self-attention of layer `lw` on its normed input `xn` (whole sequences of `seq_len`
-    /// tokens), through o_proj: the block's contribution to the residual stream.
-    fn attention_block(&self, lw: &LayerWeights, xn: &[f32], seq_len: usize, hook: &mut dyn FnMut(Input, &[f32], usize)) -> Vec<f32> {
-        let rows = xn.len() / self.cfg.hidden_size;
-        hook(Input::AttnIn, xn, rows);
-        let mut q = lw.get("self_attn.q_proj").forward(xn, rows);
-        let mut k = lw.get("self_attn.k_proj").forward(xn, rows);
-        let v = lw.get("self_attn.v_proj").forward(xn, rows);
-        let eps = self.cfg.rms_norm_eps;
-        if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-            // Per-head RMSNorm (qwen3): rows of head_dim values.
-            q = rms_norm(&q, qn, eps);
-            k = rms_norm(&k, kn, eps);
+        let d = c.hidden_size;
+        let rows = h.len() / d;
+        let (qd, inter) = (c.q_dim(), c.intermediate_size);
+        let observe = hook.is_some();
+        let rb = row_block(rows);
+        let eps = c.rms_norm_eps;
+        let mut xn_all = if observe { vec![0f32; rows * d] } else { Vec::new() };
+        let att = self.attention_rows(lw, h, false, seq_len, observe.then_some(&mut xn_all[..]));
+        if let Some(hk) = hook.as_deref_mut() {
+            hk(Input::AttnIn, &xn_all, rows);
+            hk(Input::AttnOut, &att, rows);
         }
-        self.apply_rope(&mut q, &mut k, rows, seq_len);
-        let att = self.attention(&q, &k, &v, rows, seq_len, self.cfg.window(lw.index));
-        drop((q, k, v));
-        hook(Input::AttnOut, &att, rows);
-        lw.get("self_attn.o_proj").forward(&att, rows)
+        drop(xn_all);
+        // Phase C.
+        let wo = lw.get("self_attn.o_proj");
+        let mut xn2_all = if observe { vec![0f32; rows * d] } else { Vec::new() };
+        let mut act_all = if observe { vec![0f32; rows * inter] } else { Vec::new() };
+        {
+            let n_blocks = rows.div_ceil(rb);
+            let mut outs: Vec<BlockOuts> = if observe {
+                xn2_all.chunks_mut(rb * d).map(Some).zip(act_all.chunks_mut(rb * inter).map(Some)).collect()
+            } else {
+                (0..n_blocks).map(|_| (None, None)).collect()
+            };
+            h.par_chunks_mut(rb * d).zip(att.par_chunks(rb * qd)).zip(outs.par_iter_mut()).for_each(|((hb, ab), (xo, ao))| {
+                let n = hb.len() / d;
+                let mut t = vec![0f32; n * d];
+                wo.forward_seq(&mut t, ab, n);
+                add_assign(hb, &t);
+                let mut xn = vec![0f32; n * d];
+                rms_norm_into(&mut xn, hb, &lw.post_norm, eps);
+                mlp_rows(lw, &xn, &mut t, ao.as_deref_mut());
+                add_assign(hb, &t);
+                if let Some(xo) = xo {
+                    xo.copy_from_slice(&xn);
+                }
+            });
+        }
+        drop(att);
+        if let Some(hk) = hook {
+            hk(Input::MlpIn, &xn2_all, rows);
+            drop(xn2_all);
+            hk(Input::MlpAct, &act_all, rows);
+        }
     }
 
-    /// The gated MLP of layer `lw` on its normed input `xn`, through down_proj.
-    fn mlp_block(&self, lw: &LayerWeights, xn: &[f32], hook: &mut dyn FnMut(Input, &[f32], usize)) -> Vec<f32> {
-        let rows = xn.len() / self.cfg.hidden_size;
-        hook(Input::MlpIn, xn, rows);
-        let mut g = lw.get("mlp.gate_proj").forward(xn, rows);
-        let u = lw.get("mlp.up_proj").forward(xn, rows);
-        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
-            g.iter_mut().zip(u).for_each(|(a, b)| *a = silu(*a) * b);
-        });
-        drop(u);
-        hook(Input::MlpAct, &g, rows);
-        lw.get("mlp.down_proj").forward(&g, rows)
+    /// Phases A and B of [`Model::forward_chunk`] on whole sequences `x` (`[rows][hidden]`): the
+    /// attention output before o_proj, `[rows][q_dim]`. `x` is the residual stream, normed here
+    /// by `input_layernorm` (the normed rows copied to `xn_out` if given), or already normed
+    /// (`normed`).
+    fn attention_rows(&self, lw: &LayerWeights, x: &[f32], normed: bool, seq_len: usize, xn_out: Option<&mut [f32]>) -> Vec<f32> {
+        let c = &self.cfg;
+        let d = c.hidden_size;
+        let rows = x.len() / d;
+        let (qd, kd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let rb = row_block(rows);
+        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
+        let eps = c.rms_norm_eps;
+        let (wq, wk, wv) = (lw.get("self_attn.q_proj"), lw.get("self_attn.k_proj"), lw.get("self_attn.v_proj"));
+        let mut q = vec![0f32; rows * qd];
+        let mut k = vec![0f32; rows * kd];
+        let mut v = vec![0f32; rows * kd];
+        let mut xn_blocks: Vec<Option<&mut [f32]>> = match xn_out {
+            Some(o) => o.chunks_mut(rb * d).map(Some).collect(),
+            None => (0..rows.div_ceil(rb)).map(|_| None).collect(),
+        };
+        x.par_chunks(rb * d)
+            .zip(q.par_chunks_mut(rb * qd))
+            .zip(k.par_chunks_mut(rb * kd))
+            .zip(v.par_chunks_mut(rb * kd))
+            .zip(xn_blocks.par_iter_mut())
+            .enumerate()
+            .for_each(|(bi, ((((xb, qb), kb), vb), xo))| {
+                let n = xb.len() / d;
+                let normed_rows;
+                let xn: &[f32] = if normed {
+                    xb
+                } else {
+                    let mut t = vec![0f32; n * d];
+                    rms_norm_into(&mut t, xb, &lw.input_norm, eps);
+                    normed_rows = t;
+                    &normed_rows
+                };
+                wq.forward_seq(qb, xn, n);
+                wk.forward_seq(kb, xn, n);
+                wv.forward_seq(vb, xn, n);
+                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                    // Per-head RMSNorm (qwen3): rows of head_dim values.
+                    rms_norm_inplace(qb, qn, eps);
+                    rms_norm_inplace(kb, kn, eps);
+                }
+                rope_rows(&rope, qb, kb, bi * rb, seq_len, qd, kd, hd);
+                if let Some(xo) = xo {
+                    xo.copy_from_slice(xn);
+                }
+            });
+        let dims = crate::attention::Dims { head_dim: hd, heads: c.num_heads, kv_heads: c.num_kv_heads, window: c.window(lw.index) };
+        crate::attention::attention(&q, &k, &v, rows, seq_len, dims)
     }
 
     /// The attention block's output (after o_proj, before the residual add) for `xn`, the
@@ -392,9 +510,13 @@ impl Model {
         let d = self.cfg.hidden_size;
         assert!(seq_len > 0 && xn.len().is_multiple_of(seq_len * d));
         let seqs_per_chunk = (CHUNK_TOKENS / seq_len).max(1);
-        let mut out = Vec::with_capacity(xn.len());
-        for x in xn.chunks(seqs_per_chunk * seq_len * d) {
-            out.extend(self.attention_block(lw, x, seq_len, &mut |_, _, _| {}));
+        let wo = lw.get("self_attn.o_proj");
+        let mut out = vec![0f32; xn.len()];
+        for (x, o) in xn.chunks(seqs_per_chunk * seq_len * d).zip(out.chunks_mut(seqs_per_chunk * seq_len * d)) {
+            let att = self.attention_rows(lw, x, true, seq_len, None);
+            let rows = x.len() / d;
+            let rb = row_block(rows);
+            o.par_chunks_mut(rb * d).zip(att.par_chunks(rb * wo.inn)).for_each(|(ob, ab)| wo.forward_seq(ob, ab, ob.len() / d));
         }
         out
     }
@@ -404,91 +526,9 @@ impl Model {
     pub fn mlp_output(&self, lw: &LayerWeights, xn: &[f32]) -> Vec<f32> {
         let d = self.cfg.hidden_size;
         assert!(xn.len().is_multiple_of(d));
-        let mut out = Vec::with_capacity(xn.len());
-        for x in xn.chunks(CHUNK_TOKENS * d) {
-            out.extend(self.mlp_block(lw, x, &mut |_, _, _| {}));
-        }
-        out
-    }
-
-    fn apply_rope(&self, q: &mut [f32], k: &mut [f32], rows: usize, seq_len: usize) {
-        let c = &self.cfg;
-        let hd = c.head_dim;
-        let rope = Rope::scaled(&c.rope, hd, c.rope_theta, seq_len);
-        let (qd, kd) = (c.q_dim(), c.kv_dim());
-        q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).enumerate().for_each(|(r, (qr, kr))| {
-            let pos = r % seq_len;
-            qr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
-            kr.chunks_mut(hd).for_each(|hv| rope.apply(hv, pos));
-        });
-        debug_assert_eq!(q.len(), rows * qd);
-    }
-
-    /// Causal multi-head attention with grouped KV heads, optionally limited to a sliding window
-    /// (query i sees keys j with i − window < j ≤ i, as transformers' sliding mask). Tasks are
-    /// (sequence, head, query block); each holds only `ATTN_BLOCK × seq_len` scores.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], rows: usize, seq_len: usize, window: Option<usize>) -> Vec<f32> {
-        let c = &self.cfg;
-        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let (qd, kd) = (c.q_dim(), c.kv_dim());
-        let n_seq = rows / seq_len;
-        let n_blocks = seq_len.div_ceil(ATTN_BLOCK);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = nh / nkv;
-        // Gather each (sequence, kv head) K and V contiguously: [seq_len][hd].
-        let gather = |src: &[f32], width: usize, s: usize, h: usize| -> Vec<f32> {
-            let mut out = Vec::with_capacity(seq_len * hd);
-            for t in 0..seq_len {
-                let r = s * seq_len + t;
-                out.extend_from_slice(&src[r * width + h * hd..r * width + (h + 1) * hd]);
-            }
-            out
-        };
-        let kvs: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..n_seq * nkv).into_par_iter().map(|i| (gather(k, kd, i / nkv, i % nkv), gather(v, kd, i / nkv, i % nkv))).collect();
-        let tasks: Vec<(usize, usize, usize)> =
-            (0..n_seq).flat_map(|s| (0..nh).flat_map(move |h| (0..n_blocks).map(move |b| (s, h, b)))).collect();
-        let results: Vec<Vec<f32>> = tasks
-            .par_iter()
-            .map(|&(s, h, b)| {
-                let (r0, r1) = (b * ATTN_BLOCK, ((b + 1) * ATTN_BLOCK).min(seq_len));
-                let m = r1 - r0;
-                let (kh, vh) = &kvs[s * nkv + h / group];
-                let mut qb = Vec::with_capacity(m * hd);
-                for t in r0..r1 {
-                    let r = s * seq_len + t;
-                    qb.extend_from_slice(&q[r * qd + h * hd..r * qd + (h + 1) * hd]);
-                }
-                // Keys k0..r1 suffice under the causal (and window) mask; scores are relative to k0.
-                let k0 = window.map_or(0, |w| (r0 + 1).saturating_sub(w));
-                let nk = r1 - k0;
-                let mut sc = vec![0f32; m * nk];
-                matmul_bt_seq(&mut sc, &qb, m, hd, &kh[k0 * hd..r1 * hd], nk);
-                for (i, row) in sc.chunks_mut(nk).enumerate() {
-                    let lim = r0 + i + 1 - k0;
-                    let first = window.map_or(0, |w| (r0 + i + 1).saturating_sub(w) - k0);
-                    let live = &mut row[first..lim];
-                    let mx = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * scale;
-                    live.iter_mut().for_each(|x| *x = exp_fast(*x * scale - mx));
-                    let sum = sum8(live);
-                    let inv = 1.0 / sum;
-                    live.iter_mut().for_each(|x| *x *= inv);
-                    row[..first].iter_mut().for_each(|x| *x = 0.0);
-                    row[lim..].iter_mut().for_each(|x| *x = 0.0);
-                }
-                let mut ob = vec![0f32; m * hd];
-                matmul_seq(&mut ob, &sc, m, nk, &vh[k0 * hd..r1 * hd], hd, false);
-                ob
-            })
-            .collect();
-        let mut out = vec![0f32; rows * qd];
-        for (&(s, h, b), ob) in tasks.iter().zip(&results) {
-            let r0 = b * ATTN_BLOCK;
-            for (i, orow) in ob.chunks(hd).enumerate() {
-                let r = s * seq_len + r0 + i;
-                out[r * qd + h * hd..r * qd + (h + 1) * hd].copy_from_slice(orow);
-            }
-        }
+        let rb = row_block(xn.len() / d);
+        let mut out = vec![0f32; xn.len()];
+        out.par_chunks_mut(rb * d).zip(xn.par_chunks(rb * d)).for_each(|(ob, xb)| mlp_rows(lw, xb, ob, None));
         out
     }
 
@@ -510,7 +550,10 @@ impl Model {
         let mut h = self.embed(tokens)?;
         for i in 0..self.cfg.num_layers {
             let lw = self.load_layer(i)?;
-            self.forward_layer(&lw, &mut h, seq_len, &mut |_, _, _| {});
+            // The layer is in f32 now: drop its mapped bf16/f16 pages from the resident set, so
+            // a whole-model pass holds one layer's weights at a time, not the whole file.
+            self.ck.release_pages();
+            self.forward_layer_observed(&lw, &mut h, seq_len, None);
             on_layer();
         }
         Ok(h)

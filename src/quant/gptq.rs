@@ -434,15 +434,18 @@ fn factor(mut l: Mat<f64>, damp: f64) -> Result<(Mat<f64>, Vec<f64>)> {
             l[(i, j)] = 0.0;
         }
     }
-    let mut inv = Mat::<f64>::zeros(n, n);
+    // H⁻¹ and its Cholesky factor L' are computed straight in `u`'s buffer, viewed column-major:
+    // column i of L' is then row i of U = L'ᵀ, with no second n×n matrix (n² f64 is 1.6 GB for
+    // an 8B model's down_proj).
+    let mut u = vec![0f64; n * n];
+    let mut inv = MatMut::from_column_major_slice_mut(&mut u, n, n);
     llt::inverse::inverse(inv.as_mut(), l.as_ref(), par, stack);
     llt::factor::cholesky_in_place(inv.as_mut(), Default::default(), par, stack, Default::default())
         .map_err(|_| not_pd("Inverse Hessian (numerically)"))?;
-    // Row i of U is column i of L' (its lower part).
-    let mut u = vec![0f64; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = inv[(j, i)];
+    // U's strictly lower part (L''s strictly upper part, left over from the inverse) is zero.
+    for j in 1..n {
+        for i in 0..j {
+            inv[(i, j)] = 0.0;
         }
     }
     Ok((l, u))
