@@ -129,6 +129,11 @@ pub struct QuantSettings {
     /// GPTQ with --act-order: fix group parameters on the natural column groups (no g_idx).
     #[arg(help_heading = "GPTQ", long)]
     pub static_groups: bool,
+    /// GPTQ: within each layer, quantize q/k/v, then o, then gate/up, then down, collecting each
+    /// one's Hessian on the outputs of the linears already quantized (the reference's
+    /// --true-sequential; three more layer forwards per layer).
+    #[arg(help_heading = "GPTQ", long)]
+    pub true_sequential: bool,
     /// VPTQ: vector length along the output dimension (sweep: chosen from --bits).
     #[arg(help_heading = "VPTQ", long, default_value_t = 4)]
     pub vector_len: usize,
@@ -178,6 +183,7 @@ impl QuantSettings {
             overrides: self.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
             resume: false,
             act_order: self.act_order,
+            true_sequential: self.true_sequential,
             propagate_fp: false,
             static_groups: self.static_groups,
             aware_weight: self.aware_weight,

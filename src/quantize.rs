@@ -3,6 +3,7 @@
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
 pub mod gguf;
+mod sequential;
 
 pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
 
@@ -60,6 +61,10 @@ pub enum Method {
     /// GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab).
     #[value(name = "gptq")]
     Gptq,
+    /// AWQ's scale and clip transform of the layer, then GPTQ on the transformed weights (the
+    /// Hessian of the scaled inputs).
+    #[value(name = "awq+gptq")]
+    AwqGptq,
     /// VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error
     /// feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored).
     #[value(name = "vptq")]
@@ -80,6 +85,7 @@ impl Method {
             Method::AwqShift => "awq+shift",
             Method::GptqShift => "gptq+shift",
             Method::Gptq => "gptq",
+            Method::AwqGptq => "awq+gptq",
             Method::Vptq => "vptq",
         }
     }
@@ -103,17 +109,24 @@ impl Method {
                 AwareWeight::MeanAbs => Needs { mean_abs: true, ..Needs::default() },
             },
             Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq => Needs { hessian: true, ..Needs::default() },
+            // AWQ's search and clip sample, then GPTQ's Hessian.
+            Method::AwqGptq => Needs { hessian: true, strided_rows: awq::CLIP_TOKENS, ..awq },
         }
     }
 
     /// Runs AWQ's scale search in front of its quantizer.
     fn awq_search(self) -> bool {
-        matches!(self, Method::Awq | Method::AwqStatsq | Method::AwqShift)
+        matches!(self, Method::Awq | Method::AwqStatsq | Method::AwqShift | Method::AwqGptq)
+    }
+
+    /// Runs AWQ's clip search after the scale search (on RTN's affine grid).
+    fn awq_clip(self) -> bool {
+        matches!(self, Method::Awq | Method::AwqGptq)
     }
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        matches!(self, Method::Awq | Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
+        matches!(self, Method::Awq | Method::Gptq | Method::AwqGptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
     }
 
     /// Vector quantization (stored in the VQ layout, lowbit format only).
@@ -126,7 +139,7 @@ impl Method {
         match self {
             Method::Statsq | Method::StatsqAware | Method::AwqStatsq | Method::GptqStatsq => Grid::HalfInt,
             Method::Shift | Method::ShiftAware | Method::AwqShift | Method::GptqShift => Grid::Shift,
-            Method::Rtn | Method::Awq | Method::Gptq | Method::Vptq => Grid::Affine,
+            Method::Rtn | Method::Awq | Method::Gptq | Method::AwqGptq | Method::Vptq => Grid::Affine,
         }
     }
 }
@@ -244,6 +257,9 @@ pub struct Options {
     pub vptq: vptq::VptqConfig,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
     pub act_order: bool,
+    /// GPTQ: within a layer, collect each input's Hessian on the outputs of the linears already
+    /// quantized (q/k/v, then o, then gate/up, then down), as the reference's `--true-sequential`.
+    pub true_sequential: bool,
     /// Feed later layers the float layer's outputs even for AWQ/GPTQ/VPTQ (one forward per layer
     /// instead of two; the default re-runs each layer with its quantized weights).
     pub propagate_fp: bool,
@@ -443,7 +459,7 @@ fn awq_layer(
         plan_of(name)
             // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
             // range search takes its place.
-            .filter(|p| p.method == Method::Awq && p.ty.is_none())
+            .filter(|p| p.method.awq_clip() && p.ty.is_none())
             .map(|p| awq::AwqConfig { clip_asym: !o.awq_symmetric_clip, ..awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range) })
     };
     awq::clip_layer(lw, stats, &folded, &clip_of);
@@ -458,6 +474,7 @@ fn quantize_layer(
     lw: &mut LayerWeights,
     plans: &[Option<LinearPlan>],
     stats: &HashMap<Input, InputStats>,
+    layer_input: Option<(&[f32], usize)>,
     search_seconds: &mut f64,
 ) -> Result<Vec<Option<QTensor>>> {
     let specs = model.cfg.family.linears();
@@ -480,7 +497,14 @@ fn quantize_layer(
         let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
         let imp = || scaled_importance(&importance(&stats[&l.spec.input]), folded.get(&l.spec.input).map(|s| s.as_slice()), o.aware_weight);
         if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
-            hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
+            let h = match layer_input {
+                // The input of q/k/v is the layer's own input: nothing quantized precedes it.
+                Some((h_in, seqlen)) if o.true_sequential && l.spec.input != Input::AttnIn => {
+                    sequential::hessian_after(model, lw, &out, h_in, seqlen, l.spec.input)?
+                }
+                _ => sequential::scaled_hessian(stats[&l.spec.input].hessian(), folded.get(&l.spec.input).map(|s| s.as_slice())),
+            };
+            hessians.insert(l.spec.input, h);
         }
         let h = || &hessians[&l.spec.input];
         if let Some(ty) = p.ty {
@@ -498,7 +522,7 @@ fn quantize_layer(
             }
             Method::Shift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::ShiftAware | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
-            Method::Gptq | Method::GptqStatsq | Method::GptqShift => {
+            Method::Gptq | Method::AwqGptq | Method::GptqStatsq | Method::GptqShift => {
                 let mut cfg = gptq::GptqConfig::new(p.bits, p.group_size, o.sym);
                 cfg.act_order = o.act_order;
                 cfg.static_groups = o.static_groups;
@@ -764,6 +788,7 @@ pub(crate) fn layer_out(
     lw: &mut LayerWeights,
     plan: &[Option<LinearPlan>],
     stats: &HashMap<Input, InputStats>,
+    layer_input: Option<(&[f32], usize)>,
     dry_run: bool,
 ) -> Result<LayerOut> {
     let c = &model.cfg;
@@ -781,7 +806,7 @@ pub(crate) fn layer_out(
             })
             .collect()
     } else {
-        quantize_layer(o, model, lw, plan, stats, &mut search_seconds)?
+        quantize_layer(o, model, lw, plan, stats, layer_input, &mut search_seconds)?
     };
     let p = format!("model.layers.{}", lw.index);
     let mut r = LayerOut {
@@ -908,7 +933,7 @@ fn run(
         // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
         let calibrate = seqlen > 0 && !dry_run;
         let propagate = calibrate && !o.propagate_fp && plan.iter().flatten().any(|p| p.method.propagates_quantized());
-        let h_in = if propagate { Some(h.clone()) } else { None };
+        let h_in = if propagate || (calibrate && o.true_sequential) { Some(h.clone()) } else { None };
         let stats = if calibrate {
             let (st, t) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
             fwd += t;
@@ -916,8 +941,8 @@ fn run(
         } else {
             HashMap::new()
         };
-        let r = layer_out(o, model, &mut lw, plan, &stats, dry_run)?;
-        if let Some(mut hi) = h_in {
+        let r = layer_out(o, model, &mut lw, plan, &stats, h_in.as_deref().map(|x| (x, seqlen)), dry_run)?;
+        if let Some(mut hi) = h_in.filter(|_| propagate) {
             // Re-run the layer with every quantized linear dequantized.
             for (l, q) in lw.linears.iter_mut().zip(&r.quantized) {
                 if let Some(q) = q {
@@ -1112,6 +1137,7 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
             .as_bytes(),
     );
     put("awq options", format!("{:?}|{}", o.awq_range, o.awq_symmetric_clip).as_bytes());
+    put("gptq options", format!("true_sequential={}", o.true_sequential).as_bytes());
     Ok(format!("{:032x}", h.digest128()))
 }
 

@@ -280,12 +280,15 @@ fn run(
         let t = Instant::now();
         let lw = model.load_layer(i)?;
         quantize::check_finite_layer(&lw)?;
+        // --true-sequential re-runs the layer from its (float) input.
+        let h_in = (seqlen > 0 && s.base.true_sequential).then(|| h.clone());
         let stats = if seqlen > 0 { quantize::calibrate_layer(model, &lw, &mut h, seqlen, needs)?.0 } else { Default::default() };
         calibration_seconds += t.elapsed().as_secs_f64();
         for k in &mut combos {
             let t = Instant::now();
             let mut l = lw.clone();
-            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, false).with_context(|| k.name.clone())?;
+            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, h_in.as_deref().map(|x| (x, seqlen)), false)
+                .with_context(|| k.name.clone())?;
             k.ckpt.write_tensors(i, &r.tensors)?;
             k.bits += r.bits;
             k.weights += r.weights;
