@@ -78,17 +78,26 @@ pub struct QuantSettings {
     #[arg(help_heading = "Grid", long)]
     pub sym: bool,
     /// Calibration text: plain UTF-8, or JSONL with a "text" field (.jsonl). Never the eval text.
+    /// Repeat it to mix several texts (windows shared by --calib-mix, equal by default), or give
+    /// one recipe (a .toml file, e.g. calib/general.toml: texts, proportions, samples, seqlen;
+    /// docs/calibration.md).
+    #[arg(help_heading = "Calibration", long, value_name = "FILE|RECIPE.toml")]
+    pub calib: Vec<PathBuf>,
+    /// Proportions of the --calib texts, comma-separated, one per text (e.g. 3,1).
+    #[arg(help_heading = "Calibration", long, value_delimiter = ',')]
+    pub calib_mix: Vec<f64>,
+    /// Root of a recipe's relative text paths.
+    #[arg(help_heading = "Calibration", long, default_value = "../shared/data")]
+    pub data_dir: PathBuf,
+    /// Number of calibration windows [default: the recipe's, else 128].
+    #[arg(help_heading = "Calibration", long, value_parser = at_least::<1>)]
+    pub calib_samples: Option<usize>,
+    /// Tokens per calibration window [default: the recipe's, else 512].
+    #[arg(help_heading = "Calibration", long, value_parser = at_least::<2>)]
+    pub calib_seqlen: Option<usize>,
+    /// Seed of the calibration sampling (and of VPTQ's k-means) [default: the recipe's, else 0].
     #[arg(help_heading = "Calibration", long)]
-    pub calib: Option<PathBuf>,
-    /// Number of calibration windows.
-    #[arg(help_heading = "Calibration", long, default_value_t = 128, value_parser = at_least::<1>)]
-    pub calib_samples: usize,
-    /// Tokens per calibration window.
-    #[arg(help_heading = "Calibration", long, default_value_t = 512, value_parser = at_least::<2>)]
-    pub calib_seqlen: usize,
-    /// Seed of the calibration sampling (and of VPTQ's k-means).
-    #[arg(help_heading = "Calibration", long, default_value_t = 0)]
-    pub seed: u64,
+    pub seed: Option<u64>,
     /// Float type of embeddings, norms and lm_head.
     #[arg(help_heading = "Output", long, value_enum, default_value_t = FloatType::F16)]
     pub float_dtype: FloatType,
@@ -164,15 +173,17 @@ pub struct QuantSettings {
 impl QuantSettings {
     /// Library options for one method and bit width.
     fn options(&self, method: Method, bits: u8, out: PathBuf, format: Format) -> Result<crate::quantize::Options> {
+        let (calib, rs) = self.calib()?;
+        let seed = self.seed.or(rs.seed).unwrap_or(0);
         Ok(crate::quantize::Options {
             method,
             bits,
             group_size: self.group_size,
             sym: self.sym,
-            calib: self.calib.clone(),
-            calib_samples: self.calib_samples,
-            calib_seqlen: self.calib_seqlen,
-            seed: self.seed,
+            calib,
+            calib_samples: self.calib_samples.or(rs.samples).unwrap_or(128),
+            calib_seqlen: self.calib_seqlen.or(rs.seqlen).unwrap_or(512),
+            seed,
             format,
             out,
             force: self.force,
@@ -196,7 +207,7 @@ impl QuantSettings {
                 res_centroids: self.res_centroids,
                 outlier_pct: self.outlier_pct,
                 kmeans_iters: self.kmeans_iters,
-                seed: self.seed,
+                seed,
                 normalize: self.vq_normalize,
                 ..Default::default()
             },
@@ -206,6 +217,39 @@ impl QuantSettings {
                 .map(|s| regex::Regex::new(s).map_err(|e| anyhow!("--skip {s:?}: invalid regex: {e}")))
                 .collect::<Result<_>>()?,
         })
+    }
+}
+
+impl QuantSettings {
+    /// The calibration of `--calib` / `--calib-mix` / `--data-dir`, and a recipe's settings.
+    fn calib(&self) -> Result<(Option<crate::calib::Calib>, crate::calib::RecipeSettings)> {
+        use crate::calib::{is_recipe, load_recipe, Calib, Part, RecipeSettings};
+        if self.calib.is_empty() {
+            if !self.calib_mix.is_empty() {
+                return Err(anyhow!("--calib-mix needs --calib FILE for each proportion"));
+            }
+            return Ok((None, RecipeSettings::default()));
+        }
+        if let Some(r) = self.calib.iter().find(|p| is_recipe(p)) {
+            if self.calib.len() > 1 || !self.calib_mix.is_empty() {
+                return Err(anyhow!(
+                    "--calib {}: a recipe gives the whole calibration; do not add other --calib files or --calib-mix",
+                    r.display()
+                ));
+            }
+            let (c, s) = load_recipe(r, &self.data_dir)?;
+            return Ok((Some(c), s));
+        }
+        let weights = match self.calib_mix.len() {
+            0 => vec![1.0; self.calib.len()],
+            n if n == self.calib.len() => self.calib_mix.clone(),
+            n => return Err(anyhow!("--calib-mix gives {n} proportions for {} --calib files", self.calib.len())),
+        };
+        if let Some(w) = weights.iter().find(|w| !(**w > 0.0 && w.is_finite())) {
+            return Err(anyhow!("--calib-mix: proportions must be positive numbers (got {w})"));
+        }
+        let parts = self.calib.iter().zip(weights).map(|(p, weight)| Part { path: p.clone(), weight }).collect();
+        Ok((Some(Calib { parts, recipe: None }), RecipeSettings::default()))
     }
 }
 
@@ -265,9 +309,11 @@ pub struct SweepArgs {
     /// (v4 k256, v3 k512, v2 k256).
     #[arg(long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4], value_parser = clap::value_parser!(u8).range(2..=8))]
     pub bits: Vec<u8>,
-    /// Text to score (never the calibration text).
-    #[arg(long)]
-    pub eval_text: PathBuf,
+    /// Text to score (never the calibration text). Repeat it to score every combination on
+    /// several texts (ppl, KLD and top-1 vs the float model on each; the first leads the table
+    /// and the plot).
+    #[arg(long, required = true)]
+    pub eval_text: Vec<PathBuf>,
     /// Tokens per eval window (at most the model's max_position_embeddings).
     #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub eval_ctx: usize,
@@ -595,7 +641,8 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         base,
         methods: a.methods,
         bits: a.bits,
-        eval_text: a.eval_text,
+        eval_text: a.eval_text[0].clone(),
+        more_eval_texts: a.eval_text[1..].to_vec(),
         eval_ctx: a.eval_ctx,
         convention: a.convention,
         max_windows: a.max_windows,

@@ -232,7 +232,8 @@ pub struct Options {
     pub bits: u8,
     pub group_size: usize,
     pub sym: bool,
-    pub calib: Option<PathBuf>,
+    /// Calibration texts (one file, a mix, or a recipe's; [`crate::calib::Calib`]).
+    pub calib: Option<crate::calib::Calib>,
     pub calib_samples: usize,
     pub calib_seqlen: usize,
     pub seed: u64,
@@ -586,7 +587,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     if gguf_out {
         crate::gguf::export::check_exportable(&model.cfg, &model_dir.join("config.json"))?;
         if !dry_run {
-            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_deref())?;
+            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_ref().map(|c| c.files()).unwrap_or_default())?;
         }
         if o.resume {
             bail!("--resume is not available with --format gguf (the file is written in one piece at the end)");
@@ -598,7 +599,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         None
     } else {
         let mut inputs = vec![Source::new(model_dir, "model directory")];
-        if let Some(c) = &o.calib {
+        for c in o.calib.iter().flat_map(|c| c.files()) {
             inputs.push(Source::new(c, "calibration text"));
         }
         Some(OutDir::begin(&o.out, "quantize", o.force, &inputs)?)
@@ -609,7 +610,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     let (tokens, seqlen) = match (&o.calib, needs) {
         (Some(p), n) if n.any() => {
             crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
-            (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
+            (crate::calib::sample_calib(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
         }
         _ => (Vec::new(), 0),
     };
@@ -687,7 +688,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
 /// A GGUF output is one file: it must not be, or lie inside, an input, and an existing file is
 /// replaced (with --force) only when it is a GGUF file that lowbit wrote (its `general.name`
 /// ends in " (lowbit)"); anything else is refused with what was found.
-fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path>) -> Result<()> {
+fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Vec<&Path>) -> Result<()> {
     let shown = escape::path(out);
     if out.is_dir() {
         bail!("{shown}: is a directory; --format gguf writes one file");
@@ -698,7 +699,9 @@ fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path
     };
     let canon_parent = std::fs::canonicalize(parent).ok();
     let canon_out = canon_parent.as_ref().and_then(|p| out.file_name().map(|n| p.join(n)));
-    for (input, what) in [(Some(model_dir), "the model directory"), (calib, "the calibration text")] {
+    let inputs =
+        std::iter::once((Some(model_dir), "the model directory")).chain(calib.into_iter().map(|c| (Some(c), "the calibration text")));
+    for (input, what) in inputs {
         let (Some(i), Some(co)) = (input.and_then(|i| std::fs::canonicalize(i).ok()), &canon_out) else { continue };
         if co == &i || co.starts_with(&i) {
             bail!("--out {shown} is, or is inside, {what} {}; write the output somewhere else", escape::path(input.unwrap()));
@@ -1106,8 +1109,11 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         put(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), bytes);
         ck.release_pages();
     }
-    if let Some(c) = &o.calib {
+    for c in o.calib.iter().flat_map(|c| c.files()) {
         put("calib", &std::fs::read(c).with_context(|| format!("{}: cannot read", escape::path(c)))?);
+    }
+    if let Some(c) = o.calib.as_ref().filter(|c| c.parts.len() > 1) {
+        put("calib mix", format!("{:?}", c.parts.iter().map(|p| p.weight).collect::<Vec<_>>()).as_bytes());
     }
     put("tokens", &tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
     let opts = format!(
