@@ -201,6 +201,10 @@ impl QuantSettings {
             gguf_type: self.gguf_type,
             token_embd_type: self.token_embedding_type,
             output_type: self.output_tensor_type,
+            target_bpw: None,
+            plan_bits: vec![2, 3, 4, 5, 6, 8],
+            plan_groups: vec![32, 128],
+            plan_note: None,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
@@ -283,9 +287,23 @@ pub struct QuantizeArgs {
     /// scheme; AutoAWQ calibrates on the float model's activations).
     #[arg(help_heading = "Calibration", long)]
     pub propagate_fp: bool,
-    /// Print the output size and bits per weight without quantizing.
+    /// Print the output size and bits per weight without quantizing (with --target-bpw: after the
+    /// sensitivity pass, the chosen plan and its predicted loss).
     #[arg(help_heading = "Output", long)]
     pub dry_run: bool,
+    /// The best model of this size: whole-model bits per weight (all stored bytes × 8 / all
+    /// parameters, embeddings and norms included). Measures every linear's sensitivity to each
+    /// --plan-bits × --plan-groups setting of --method (rtn or gptq) on the calibration
+    /// activations and picks per-linear settings minimising the summed predicted loss within the
+    /// size (docs/budget.md). The plan is written into config.json's quantization_config.plan.
+    #[arg(help_heading = "Size budget", long, value_name = "BPW")]
+    pub target_bpw: Option<f64>,
+    /// --target-bpw: the bit widths to choose from, comma-separated.
+    #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4, 5, 6, 8], value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub plan_bits: Vec<u8>,
+    /// --target-bpw: the group sizes to choose from, comma-separated.
+    #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![32usize, 128], value_parser = at_least::<1>)]
+    pub plan_groups: Vec<usize>,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(help_heading = "Output", long)]
@@ -576,6 +594,9 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let mut o = a.q.options(a.method, a.bits, a.out.clone(), a.format)?;
     o.resume = a.resume;
     o.propagate_fp = a.propagate_fp;
+    o.target_bpw = a.target_bpw;
+    o.plan_bits = a.plan_bits.clone();
+    o.plan_groups = a.plan_groups.clone();
     let mut pb: Option<Progress> = None;
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
         pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);
@@ -597,6 +618,9 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
             (_, Some(t)) => format!("{} on the {} grid", s.method, t.name()),
             _ => what,
         };
+        if let Some(p) = &s.plan {
+            print!("{}", crate::quantize::budget::describe(p));
+        }
         println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
         for f in &s.fallbacks {
             println!("fallback         {f}");

@@ -2,6 +2,7 @@
 //! time, quantize every linear of the layer with the chosen method, pack, and write an HF-style
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
+pub mod budget;
 pub mod gguf;
 mod sequential;
 
@@ -273,6 +274,13 @@ pub struct Options {
     /// GGUF: type of the token embedding / output tensor (None: llama.cpp's defaults).
     pub token_embd_type: Option<GgmlType>,
     pub output_type: Option<GgmlType>,
+    /// `--target-bpw`: whole-model bits per weight to plan per-linear settings for ([`budget`]).
+    pub target_bpw: Option<f64>,
+    /// The bit widths and group sizes `--target-bpw` chooses from.
+    pub plan_bits: Vec<u8>,
+    pub plan_groups: Vec<usize>,
+    /// The plan that produced the overrides, written as `quantization_config.plan`.
+    pub plan_note: Option<serde_json::Value>,
 }
 
 impl Options {
@@ -321,6 +329,9 @@ pub struct Summary {
     /// GGUF: tensors stored in another type than asked for (llama.cpp's fallbacks), one line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// `--target-bpw`: the chosen plan and its predicted loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<budget::Plan>,
 }
 
 /// Validate options before any work.
@@ -573,6 +584,14 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
 }
 
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
+    if o.target_bpw.is_some() {
+        // Plan first (a sensitivity pass), then write the plan as per-linear overrides.
+        let plan = budget::plan(model_dir, o, progress)?;
+        let mut s = quantize(model_dir, &budget::apply(o, &plan)?, dry_run, progress)?;
+        s.method = format!("{} (planned)", o.method.name());
+        s.plan = Some(plan);
+        return Ok(s);
+    }
     validate(o)?;
     let t0 = Instant::now();
     let model = Model::open_dense(model_dir)?;
@@ -665,6 +684,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
         fallbacks: gguf_fallbacks(&model, o, &plans),
+        plan: None,
     };
     if dry_run {
         return Ok(summary);
@@ -1012,6 +1032,9 @@ pub(crate) fn write_output(
         Format::Gptq => GptqPacked::quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym),
         Format::Gguf => unreachable!("GGUF output is written by gguf::export"),
     };
+    if let Some(p) = &o.plan_note {
+        cfg["quantization_config"]["plan"] = p.clone();
+    }
     let float: Vec<String> = (0..c.num_layers)
         .flat_map(|i| {
             c.family.linears().iter().zip(&plans[i]).filter(|(_, p)| p.is_none()).map(move |(s, _)| format!("model.layers.{i}.{}", s.name))
