@@ -8,9 +8,9 @@
 //!    squared change of the block's output divided by the mean square of the residual stream at
 //!    the layer's input (a relative perturbation of the residual stream, comparable across
 //!    layers).
-//! 2. Choice: the summed predicted loss is minimised under the byte budget by a Lagrangian sweep
-//!    (each linear takes `argmin loss + λ·bytes`; the smallest λ whose plan fits), then the bytes
-//!    left are spent greedily on the upgrades with the best loss saved per byte.
+//! 2. Choice: the summed predicted loss is minimised under the byte budget, a multiple-choice
+//!    knapsack solved by dynamic programming over the bytes ([`choose`]), then the bytes left by
+//!    its rounding are spent greedily on the upgrades with the best loss saved per byte.
 //! 3. The plan becomes one `--override` per linear and the ordinary quantize run writes it; the
 //!    plan (settings, bytes, predicted losses) goes into the output's `quantization_config.plan`.
 //!
@@ -169,44 +169,56 @@ fn fixed_bytes(model: &Model, o: &Options, linear_names: &[String]) -> (u64, u64
     (fixed, params)
 }
 
-/// Choose one candidate per linear minimising Σ loss with Σ bytes ≤ `budget`.
+/// Byte units of the knapsack's table: budgets above this many units are counted in units of
+/// `ceil(budget / KNAPSACK_UNITS)` bytes (sizes rounded up, so a plan that fits the table fits
+/// the budget; at most one unit per linear is left unspent before the greedy fill).
+const KNAPSACK_UNITS: u64 = 100_000;
+
+/// Choose one candidate per linear minimising Σ loss with Σ bytes ≤ `budget`: a 0/1 multiple-choice
+/// knapsack solved by dynamic programming over the (unit-rounded) bytes, exact when the budget is
+/// at most [`KNAPSACK_UNITS`] bytes; then the bytes left over are spent greedily on the upgrades
+/// with the best loss saved per byte. `None` when even the smallest choices do not fit.
 pub fn choose(loss: &[Vec<f64>], bytes: &[Vec<u64>], budget: u64) -> Option<Vec<usize>> {
-    let pick = |lambda: f64| -> Vec<usize> {
-        loss.iter()
-            .zip(bytes)
-            .map(|(l, b)| {
-                (0..l.len())
-                    .min_by(|&x, &y| (l[x] + lambda * b[x] as f64).total_cmp(&(l[y] + lambda * b[y] as f64)).then(b[x].cmp(&b[y])))
-                    .unwrap()
-            })
-            .collect()
-    };
     let total = |c: &[usize]| c.iter().zip(bytes).map(|(&k, b)| b[k]).sum::<u64>();
-    // The smallest plan possible must fit.
     let smallest: Vec<usize> = bytes.iter().map(|b| (0..b.len()).min_by_key(|&k| b[k]).unwrap()).collect();
     if total(&smallest) > budget {
         return None;
     }
-    let mut choice = if total(&pick(0.0)) <= budget {
-        pick(0.0)
+    let unit = budget.div_ceil(KNAPSACK_UNITS).max(1);
+    let cap = (budget / unit) as usize;
+    let units: Vec<Vec<usize>> = bytes.iter().map(|r| r.iter().map(|b| b.div_ceil(unit) as usize).collect()).collect();
+    // dp[u]: least loss of the linears so far in at most u units; from[i][u]: linear i's option.
+    let mut dp = vec![0f64; cap + 1];
+    let mut from: Vec<Vec<u8>> = Vec::with_capacity(loss.len());
+    for (l, w) in loss.iter().zip(&units) {
+        let mut next = vec![f64::INFINITY; cap + 1];
+        let mut arg = vec![u8::MAX; cap + 1];
+        for u in 0..=cap {
+            for k in 0..l.len() {
+                if w[k] <= u {
+                    let v = dp[u - w[k]] + l[k];
+                    if v < next[u] {
+                        next[u] = v;
+                        arg[u] = k as u8;
+                    }
+                }
+            }
+        }
+        dp = next;
+        from.push(arg);
+    }
+    let mut choice = if dp[cap].is_finite() {
+        let mut c = vec![0usize; loss.len()];
+        let mut u = cap;
+        for i in (0..loss.len()).rev() {
+            let k = from[i][u] as usize;
+            c[i] = k;
+            u -= units[i][k];
+        }
+        c
     } else {
-        // λ large enough: bytes dominate.
-        let (mut lo, mut hi) = (0.0f64, 1e-12f64);
-        while total(&pick(hi)) > budget {
-            hi *= 2.0;
-            if hi > 1e30 {
-                return Some(smallest);
-            }
-        }
-        for _ in 0..200 {
-            let mid = 0.5 * (lo + hi);
-            if total(&pick(mid)) > budget {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        pick(hi)
+        // Rounding made the table too tight: start from the smallest plan.
+        smallest
     };
     // Spend what is left on the best loss saved per byte, one upgrade at a time.
     loop {
