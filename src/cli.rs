@@ -205,6 +205,7 @@ impl QuantSettings {
             plan_bits: vec![2, 3, 4, 5, 6, 8],
             plan_groups: vec![32, 128],
             plan_note: None,
+            sensitivity_cache: None,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
@@ -304,6 +305,11 @@ pub struct QuantizeArgs {
     /// --target-bpw: the group sizes to choose from, comma-separated.
     #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![32usize, 128], value_parser = at_least::<1>)]
     pub plan_groups: Vec<usize>,
+    /// --target-bpw: keep the sensitivity measurements in this JSON file and reuse them when the
+    /// model, calibration tokens, candidates and options are the same (several budgets, one pass);
+    /// a file measured on other inputs is refused, not replaced.
+    #[arg(help_heading = "Size budget", long, value_name = "FILE")]
+    pub sensitivity_cache: Option<PathBuf>,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(help_heading = "Output", long)]
@@ -597,6 +603,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     o.target_bpw = a.target_bpw;
     o.plan_bits = a.plan_bits.clone();
     o.plan_groups = a.plan_groups.clone();
+    o.sensitivity_cache = a.sensitivity_cache.clone();
     let mut pb: Option<Progress> = None;
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
         pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);

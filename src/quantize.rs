@@ -279,6 +279,9 @@ pub struct Options {
     /// The bit widths and group sizes `--target-bpw` chooses from.
     pub plan_bits: Vec<u8>,
     pub plan_groups: Vec<usize>,
+    /// `--target-bpw`: a file holding the sensitivity pass's measurements (read when it matches
+    /// the inputs, written otherwise), so that several budgets share one pass.
+    pub sensitivity_cache: Option<PathBuf>,
     /// The plan that produced the overrides, written as `quantization_config.plan`.
     pub plan_note: Option<serde_json::Value>,
 }

@@ -28,12 +28,17 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// One candidate setting of a linear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct Setting {
-    #[serde(serialize_with = "method_name")]
+    #[serde(serialize_with = "method_name", deserialize_with = "method_of")]
     pub method: Method,
     pub bits: u8,
     pub group_size: usize,
+}
+
+fn method_of<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Method, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    Method::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown method {s:?}")))
 }
 
 fn method_name<S: serde::Serializer>(m: &Method, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -63,11 +68,24 @@ pub struct Plan {
     /// Bytes outside the quantized linears (embeddings, norms, biases, lm_head).
     pub fixed_bytes: u64,
     pub linears: Vec<LinearChoice>,
-    /// Seconds of the sensitivity pass.
+    /// Every candidate applied to every linear: its size and predicted loss (the single-setting
+    /// plans the chosen one competes with).
+    pub uniform: Vec<UniformPlan>,
+    /// Seconds of the sensitivity pass (0 when read from --sensitivity-cache).
     pub seconds: f64,
 }
 
+/// One setting for every linear.
+#[derive(Clone, Debug, Serialize)]
+pub struct UniformPlan {
+    #[serde(flatten)]
+    pub setting: Setting,
+    pub model_bpw: f64,
+    pub predicted_loss: f64,
+}
+
 /// Measured losses of every linear (layer order, then table order) for every candidate.
+#[derive(Serialize, serde::Deserialize)]
 pub struct Sensitivity {
     pub names: Vec<String>,
     pub shapes: Vec<(usize, usize)>,
@@ -75,6 +93,9 @@ pub struct Sensitivity {
     /// `[linear][candidate]` predicted loss.
     pub loss: Vec<Vec<f64>>,
     pub seconds: f64,
+    /// Digest of everything the losses depend on (model files, calibration tokens, options).
+    #[serde(default)]
+    pub key: String,
 }
 
 /// Stored bits of an `out × inn` linear under `s` in the output layout: the layout's own packing
@@ -150,7 +171,7 @@ pub fn sensitivities(
         }
         model.ck.release_pages();
     }
-    Ok(Sensitivity { names, shapes, candidates: candidates.to_vec(), loss, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Sensitivity { names, shapes, candidates: candidates.to_vec(), loss, seconds: t0.elapsed().as_secs_f64(), key: String::new() })
 }
 
 /// Bytes outside the quantized linears and the model's parameter count: every checkpoint tensor
@@ -291,7 +312,15 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
         })
         .collect();
     let total = fixed + linears.iter().map(|l| l.bytes).sum::<u64>();
+    let uniform = (0..s.candidates.len())
+        .map(|k| UniformPlan {
+            setting: s.candidates[k],
+            model_bpw: bpw(fixed + bytes.iter().map(|r| r[k]).sum::<u64>()),
+            predicted_loss: s.loss.iter().map(|r| r[k]).sum(),
+        })
+        .collect();
     Ok(Plan {
+        uniform,
         target_bpw,
         model_bpw: bpw(total),
         bytes: total,
@@ -373,7 +402,14 @@ pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize
     let tokens = crate::calib::sample_calib(&tok, calib, o.calib_samples, o.calib_seqlen, o.seed)?;
     let cands = candidates(o);
     // The sizes first: an impossible budget fails before the sensitivity pass.
-    let zero = Sensitivity { names: Vec::new(), shapes: Vec::new(), candidates: cands.clone(), loss: Vec::new(), seconds: 0.0 };
+    let zero = Sensitivity {
+        names: Vec::new(),
+        shapes: Vec::new(),
+        candidates: cands.clone(),
+        loss: Vec::new(),
+        seconds: 0.0,
+        key: String::new(),
+    };
     let mut names = Vec::new();
     let mut shapes = Vec::new();
     for i in 0..model.cfg.num_layers {
@@ -384,8 +420,48 @@ pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize
     }
     let probe = Sensitivity { names, loss: vec![vec![0.0; cands.len()]; shapes.len()], shapes, ..zero };
     plan_from(&model, o, target, &probe)?;
-    let s = sensitivities(&model, o, &cands, &tokens, o.calib_seqlen, progress)?;
+    let key = cache_key(model_dir, o, &cands, &tokens)?;
+    let s = match &o.sensitivity_cache {
+        Some(p) if p.exists() => {
+            let shown = crate::escape::path(p);
+            let text = std::fs::read_to_string(p).with_context(|| format!("{shown}: cannot read"))?;
+            let mut s: Sensitivity = serde_json::from_str(&text).map_err(|e| anyhow!("{shown}: not a sensitivity cache: {e}"))?;
+            if s.key != key {
+                bail!("{shown}: measured on another model, calibration or candidate list; remove it or choose another --sensitivity-cache");
+            }
+            s.seconds = 0.0;
+            s
+        }
+        cache => {
+            let mut s = sensitivities(&model, o, &cands, &tokens, o.calib_seqlen, progress)?;
+            s.key = key;
+            if let Some(p) = cache {
+                crate::st_write::write_atomic(p, serde_json::to_string(&s)?.as_bytes())?;
+            }
+            s
+        }
+    };
     plan_from(&model, o, target, &s)
+}
+
+/// What a sensitivity cache must have been measured on: every byte of the model's config and
+/// weights, the calibration tokens, the candidates and the options the measurement reads.
+fn cache_key(model_dir: &Path, o: &Options, cands: &[Setting], tokens: &[u32]) -> Result<String> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut put = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    put(env!("CARGO_PKG_VERSION").as_bytes());
+    put(&std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read config.json", model_dir.display()))?);
+    let ck = crate::weights::Checkpoint::open(model_dir)?;
+    for (_, bytes) in ck.files() {
+        put(bytes);
+        ck.release_pages();
+    }
+    put(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+    put(format!("{cands:?}|{}|{}|{}|{}|{:?}", o.sym, o.act_order, o.static_groups, o.search_tokens, o.float_dtype).as_bytes());
+    Ok(format!("{:032x}", h.digest128()))
 }
 
 /// The plan as a table: one line per linear, then the totals.
