@@ -22,6 +22,8 @@ WINDOWS=${WINDOWS:-4}
 CTX=${CTX:-2048}
 SAMPLES=${SAMPLES:-32}
 NICE=${NICE:-nice -n 10}
+# Extra --target-bpw flags, e.g. PLAN_ARGS="--plan-bits 2,3,4,5,6".
+PLAN_ARGS=${PLAN_ARGS:-}
 CALIB=(--calib calib/general.toml --data-dir "$SHARED/data" --calib-samples "$SAMPLES" --calib-seqlen 512)
 TEXTS=("$SHARED/data/wikitext2/wikitext2-test.hf-joined.txt" "$SHARED/data/ptb/ptb.test.txt")
 OUT=$WORK/budget
@@ -56,8 +58,9 @@ for st in $SETTINGS; do
     done
     target=$($LOWBIT quantize --model "$MODEL" --out "$OUT/probe" --method rtn --bits "$b" --group-size "$g" --dry-run --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_bpw"])')
     d=$OUT/plan-w${b}g$g
+    # shellcheck disable=SC2086
     $NICE $LOWBIT quantize --model "$MODEL" --out "$d" --method gptq --target-bpw "$target" --sensitivity-cache "$OUT/sensitivity.json" \
-        "${CALIB[@]}" --force --json > "$d.json"
+        "${CALIB[@]}" $PLAN_ARGS --force --json > "$d.json"
     pred=$(python3 -c 'import json,sys; print("%.5f" % json.load(open(sys.argv[1]))["plan"]["predicted_loss"])' "$d.json")
     printf '%s\t%s\t%s\t%s\n' "w${b}g$g" "plan (gptq, predicted loss $pred)" "$(bpw_of "$d.json")" "$(score "$d")" >> "$ROWS"
 done
@@ -79,7 +82,7 @@ MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
         echo "| $bud | $name | $bpw | $1 | $2 | $3 | $4 |"
     done < "$ROWS"
     echo
-    echo "Commands: \`lowbit quantize --model \$MODEL --method gptq --target-bpw B --sensitivity-cache sensitivity.json ${CALIB[*]}\`;"
+    echo "Commands: \`lowbit quantize --model \$MODEL --method gptq --target-bpw B --sensitivity-cache sensitivity.json ${CALIB[*]} $PLAN_ARGS\`;"
     echo "the single settings \`--method M --bits b --group-size g\` with the same calibration."
 } | sed "s#$WORK#\$LOWBIT_BENCH_DIR#g; s#$HOME#~#g" > docs/results-budget.md
 echo "wrote docs/results-budget.md"

@@ -248,6 +248,7 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
     Ok(rep)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model_dir: &Path,
     model: &Model,
