@@ -620,6 +620,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         } else {
             format!("{} {}-bit g{}", s.method, s.bits, s.group_size)
         };
+        let what = if s.plan.is_some() { format!("{} per-linear plan", o.method.name()) } else { what };
         let what = match (o.format, o.gguf_type) {
             (Format::Gguf, t) => format!("{} {}", s.method, t.unwrap_or(crate::quantize::DEFAULT_GGUF_TYPE).name()),
             (_, Some(t)) => format!("{} on the {} grid", s.method, t.name()),

@@ -175,7 +175,11 @@ fn target_bpw_end_to_end_on_stories260k() {
 fn target_bpw_refusals() {
     let tmp = tempfile::tempdir().unwrap();
     let (m, o) = (s(&stories()), s(&tmp.path().join("o")));
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--target-bpw", "6", "--method", "gptq", "--calib", "../shared/data/ptb/ptb.valid.txt", "--skip", "down_proj"],
+            "--override or --skip",
+        ),
         (&["--target-bpw", "2", "--method", "gptq", "--calib", "../shared/data/ptb/ptb.valid.txt"], "below the smallest plan"),
         (&["--target-bpw", "6", "--method", "awq", "--calib", "../shared/data/ptb/ptb.valid.txt"], "plans --method rtn or gptq"),
         (&["--target-bpw", "6", "--method", "gptq"], "give --calib"),

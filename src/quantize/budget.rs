@@ -355,8 +355,8 @@ pub(crate) fn validate(o: &Options) -> Result<()> {
     if o.format != super::Format::Lowbit || o.gguf_type.is_some() {
         bail!("--target-bpw writes per-linear bits and group sizes: --format lowbit only");
     }
-    if !o.overrides.is_empty() {
-        bail!("--target-bpw chooses every linear's setting: do not combine it with --override");
+    if !o.overrides.is_empty() || !o.skip.is_empty() {
+        bail!("--target-bpw chooses every linear's setting: do not combine it with --override or --skip");
     }
     if o.calib.is_none() {
         bail!("--target-bpw measures sensitivities on calibration text: give --calib");
