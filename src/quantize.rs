@@ -959,7 +959,8 @@ fn run(
         // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
         let calibrate = seqlen > 0 && !dry_run;
         let propagate = calibrate && !o.propagate_fp && plan.iter().flatten().any(|p| p.method.propagates_quantized());
-        let h_in = if propagate || (calibrate && o.true_sequential) { Some(h.clone()) } else { None };
+        let sequential = calibrate && o.true_sequential && plan.iter().flatten().any(|p| p.method.needs(o).hessian);
+        let h_in = if propagate || sequential { Some(h.clone()) } else { None };
         let stats = if calibrate {
             let (st, t) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
             fwd += t;
