@@ -197,3 +197,60 @@ fn target_bpw_refusals() {
         assert!(!tmp.path().join("o").exists());
     }
 }
+
+#[test]
+fn sensitivity_cache_is_reused_only_for_the_same_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("sens.json");
+    let (m, c) = (s(&stories()), s(&cache));
+    let run = |calib: &str, target: &str| {
+        let o = s(&tmp.path().join("o"));
+        lowbit(&[
+            "quantize",
+            "--model",
+            &m,
+            "--out",
+            &o,
+            "--method",
+            "gptq",
+            "--calib",
+            calib,
+            "--calib-samples",
+            "8",
+            "--calib-seqlen",
+            "128",
+            "--target-bpw",
+            target,
+            "--sensitivity-cache",
+            &c,
+            "--dry-run",
+            "--json",
+        ])
+    };
+    let ptb = "../shared/data/ptb/ptb.valid.txt";
+    let (code, a, err) = run(ptb, "7");
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(a.trim()).unwrap();
+    assert!(cache.exists() && a["plan"]["seconds"].as_f64().unwrap() > 0.0);
+    // Another budget: the measurements are read back (no pass), the same losses.
+    let (code, b, err) = run(ptb, "7.3");
+    assert_eq!(code, 0, "{err}");
+    let b: Value = serde_json::from_str(b.trim()).unwrap();
+    assert_eq!(b["plan"]["seconds"].as_f64().unwrap(), 0.0);
+    // (JSON keeps the losses to the last bit or so.)
+    for (x, y) in a["plan"]["uniform"].as_array().unwrap().iter().zip(b["plan"]["uniform"].as_array().unwrap()) {
+        assert_eq!((&x["bits"], &x["group_size"], &x["model_bpw"]), (&y["bits"], &y["group_size"], &y["model_bpw"]));
+        let (p, q) = (f64_of(&x["predicted_loss"]), f64_of(&y["predicted_loss"]));
+        assert!((p - q).abs() <= 1e-12 * p.abs(), "{p} vs {q}");
+    }
+    // Other calibration text: refused, and the file is left as it was.
+    let before = std::fs::read(&cache).unwrap();
+    let (code, _, err) = run("../shared/data/tinyshakespeare/input.txt", "7");
+    assert_eq!(code, 2);
+    assert!(err.contains("measured on another model, calibration or candidate list"), "{err}");
+    assert_eq!(std::fs::read(&cache).unwrap(), before);
+}
+
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
