@@ -138,7 +138,15 @@ pub fn sensitivities(
         progress(i, c.num_layers, "measuring sensitivities");
         let lw = model.load_layer(i)?;
         super::check_finite_layer(&lw)?;
-        let resid = h.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / h.len().max(1) as f64;
+        // The residual stream entering the layer, rows of the windows the blocks are re-run on.
+        let d = c.hidden_size;
+        let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
+        let h_win: Vec<f32> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .flat_map(|(w, _)| h[w * seqlen * d..(w + 1) * seqlen * d].iter().copied())
+            .collect();
         let (stats, _) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
         let attn_x = &stats[&crate::arch::Input::AttnIn];
         let mlp_x = &stats[&crate::arch::Input::MlpIn];
@@ -150,6 +158,13 @@ pub fn sensitivities(
             }
         };
         let (y_attn, y_mlp) = (run(&lw, true), run(&lw, false));
+        // Per-token squared norms of the residual stream at each block's input: the layer input
+        // for the attention block, plus the attention output for the MLP.
+        let sq = |v: &[f32]| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().max(f64::MIN_POSITIVE);
+        let r_attn: Vec<f64> = h_win.chunks(d).map(sq).collect();
+        let r_mlp: Vec<f64> =
+            h_win.chunks(d).zip(y_attn.chunks(d)).map(|(a, b)| sq(&a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>())).collect();
+        debug_assert_eq!(r_attn.len() * d, y_attn.len());
         let mut hessians: HashMap<crate::arch::Input, Vec<f64>> = HashMap::new();
         for (k, l) in lw.linears.iter().enumerate() {
             let attn = l.spec.name.starts_with("self_attn.");
@@ -162,8 +177,17 @@ pub fn sensitivities(
                 scratch.linears[k].w = candidate_weight(o, s, &l.w, l.out, l.inn, hs)
                     .with_context(|| format!("{prefix}: {}:{}:{}", s.method.name(), s.bits, s.group_size))?;
                 let yq = run(&scratch, attn);
-                let mse = y.iter().zip(&yq).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / y.len().max(1) as f64;
-                row.push(mse / resid.max(f64::MIN_POSITIVE));
+                // Mean over tokens of ‖Δy_t‖² / ‖r_t‖²: each token's change relative to its own
+                // residual stream, which the next RMSNorm divides by (a few tokens with massive
+                // activations would otherwise set the scale of every layer).
+                let r = if attn { &r_attn } else { &r_mlp };
+                let rel = y
+                    .chunks(d)
+                    .zip(yq.chunks(d))
+                    .zip(r)
+                    .map(|((a, b), r)| sq(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>()) / r)
+                    .sum::<f64>();
+                row.push(rel / r.len().max(1) as f64);
             }
             names.push(format!("model.layers.{i}.{}", l.spec.name));
             shapes.push((l.out, l.inn));
@@ -452,7 +476,8 @@ fn cache_key(model_dir: &Path, o: &Options, cands: &[Setting], tokens: &[u32]) -
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
     };
-    put(env!("CARGO_PKG_VERSION").as_bytes());
+    // The version of the loss definition (per-token relative block-output error).
+    put(format!("{}|sensitivity v2", env!("CARGO_PKG_VERSION")).as_bytes());
     put(&std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read config.json", model_dir.display()))?);
     let ck = crate::weights::Checkpoint::open(model_dir)?;
     for (_, bytes) in ck.files() {
