@@ -78,17 +78,26 @@ pub struct QuantSettings {
     #[arg(help_heading = "Grid", long)]
     pub sym: bool,
     /// Calibration text: plain UTF-8, or JSONL with a "text" field (.jsonl). Never the eval text.
+    /// Repeat it to mix several texts (windows shared by --calib-mix, equal by default), or give
+    /// one recipe (a .toml file, e.g. calib/general.toml: texts, proportions, samples, seqlen;
+    /// docs/calibration.md).
+    #[arg(help_heading = "Calibration", long, value_name = "FILE|RECIPE.toml")]
+    pub calib: Vec<PathBuf>,
+    /// Proportions of the --calib texts, comma-separated, one per text (e.g. 3,1).
+    #[arg(help_heading = "Calibration", long, value_delimiter = ',')]
+    pub calib_mix: Vec<f64>,
+    /// Root of a recipe's relative text paths.
+    #[arg(help_heading = "Calibration", long, default_value = "../shared/data")]
+    pub data_dir: PathBuf,
+    /// Number of calibration windows [default: the recipe's, else 128].
+    #[arg(help_heading = "Calibration", long, value_parser = at_least::<1>)]
+    pub calib_samples: Option<usize>,
+    /// Tokens per calibration window [default: the recipe's, else 512].
+    #[arg(help_heading = "Calibration", long, value_parser = at_least::<2>)]
+    pub calib_seqlen: Option<usize>,
+    /// Seed of the calibration sampling (and of VPTQ's k-means) [default: the recipe's, else 0].
     #[arg(help_heading = "Calibration", long)]
-    pub calib: Option<PathBuf>,
-    /// Number of calibration windows.
-    #[arg(help_heading = "Calibration", long, default_value_t = 128, value_parser = at_least::<1>)]
-    pub calib_samples: usize,
-    /// Tokens per calibration window.
-    #[arg(help_heading = "Calibration", long, default_value_t = 512, value_parser = at_least::<2>)]
-    pub calib_seqlen: usize,
-    /// Seed of the calibration sampling (and of VPTQ's k-means).
-    #[arg(help_heading = "Calibration", long, default_value_t = 0)]
-    pub seed: u64,
+    pub seed: Option<u64>,
     /// Float type of embeddings, norms and lm_head.
     #[arg(help_heading = "Output", long, value_enum, default_value_t = FloatType::F16)]
     pub float_dtype: FloatType,
@@ -133,6 +142,11 @@ pub struct QuantSettings {
     /// GPTQ with --act-order: fix group parameters on the natural column groups (no g_idx).
     #[arg(help_heading = "GPTQ", long)]
     pub static_groups: bool,
+    /// GPTQ: within each layer, quantize q/k/v, then o, then gate/up, then down, collecting each
+    /// one's Hessian on the outputs of the linears already quantized (the reference's
+    /// --true-sequential; three more layer forwards per layer).
+    #[arg(help_heading = "GPTQ", long)]
+    pub true_sequential: bool,
     /// VPTQ: vector length along the output dimension (sweep: chosen from --bits).
     #[arg(help_heading = "VPTQ", long, default_value_t = 4)]
     pub vector_len: usize,
@@ -163,15 +177,17 @@ pub struct QuantSettings {
 impl QuantSettings {
     /// Library options for one method and bit width.
     fn options(&self, method: Method, bits: u8, out: PathBuf, format: Format) -> Result<crate::quantize::Options> {
+        let (calib, rs) = self.calib()?;
+        let seed = self.seed.or(rs.seed).unwrap_or(0);
         Ok(crate::quantize::Options {
             method,
             bits,
             group_size: self.group_size,
             sym: self.sym,
-            calib: self.calib.clone(),
-            calib_samples: self.calib_samples,
-            calib_seqlen: self.calib_seqlen,
-            seed: self.seed,
+            calib,
+            calib_samples: self.calib_samples.or(rs.samples).unwrap_or(128),
+            calib_seqlen: self.calib_seqlen.or(rs.seqlen).unwrap_or(512),
+            seed,
             format,
             out,
             force: self.force,
@@ -182,19 +198,25 @@ impl QuantSettings {
             overrides: self.overrides.iter().map(|s| s.parse()).collect::<Result<_>>()?,
             resume: false,
             act_order: self.act_order,
+            true_sequential: self.true_sequential,
             propagate_fp: false,
             static_groups: self.static_groups,
             aware_weight: self.aware_weight,
             gguf_type: self.gguf_type,
             token_embd_type: self.token_embedding_type,
             output_type: self.output_tensor_type,
+            target_bpw: None,
+            plan_bits: vec![2, 3, 4, 5, 6, 8],
+            plan_groups: vec![32, 128],
+            plan_note: None,
+            sensitivity_cache: None,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
                 res_centroids: self.res_centroids,
                 outlier_pct: self.outlier_pct,
                 kmeans_iters: self.kmeans_iters,
-                seed: self.seed,
+                seed,
                 normalize: self.vq_normalize,
                 ..Default::default()
             },
@@ -205,6 +227,39 @@ impl QuantSettings {
                 .collect::<Result<_>>()?,
             allow_unmatched: self.allow_unmatched,
         })
+    }
+}
+
+impl QuantSettings {
+    /// The calibration of `--calib` / `--calib-mix` / `--data-dir`, and a recipe's settings.
+    fn calib(&self) -> Result<(Option<crate::calib::Calib>, crate::calib::RecipeSettings)> {
+        use crate::calib::{is_recipe, load_recipe, Calib, Part, RecipeSettings};
+        if self.calib.is_empty() {
+            if !self.calib_mix.is_empty() {
+                return Err(anyhow!("--calib-mix needs --calib FILE for each proportion"));
+            }
+            return Ok((None, RecipeSettings::default()));
+        }
+        if let Some(r) = self.calib.iter().find(|p| is_recipe(p)) {
+            if self.calib.len() > 1 || !self.calib_mix.is_empty() {
+                return Err(anyhow!(
+                    "--calib {}: a recipe gives the whole calibration; do not add other --calib files or --calib-mix",
+                    r.display()
+                ));
+            }
+            let (c, s) = load_recipe(r, &self.data_dir)?;
+            return Ok((Some(c), s));
+        }
+        let weights = match self.calib_mix.len() {
+            0 => vec![1.0; self.calib.len()],
+            n if n == self.calib.len() => self.calib_mix.clone(),
+            n => return Err(anyhow!("--calib-mix gives {n} proportions for {} --calib files", self.calib.len())),
+        };
+        if let Some(w) = weights.iter().find(|w| !(**w > 0.0 && w.is_finite())) {
+            return Err(anyhow!("--calib-mix: proportions must be positive numbers (got {w})"));
+        }
+        let parts = self.calib.iter().zip(weights).map(|(p, weight)| Part { path: p.clone(), weight }).collect();
+        Ok((Some(Calib { parts, recipe: None }), RecipeSettings::default()))
     }
 }
 
@@ -238,9 +293,28 @@ pub struct QuantizeArgs {
     /// scheme; AutoAWQ calibrates on the float model's activations).
     #[arg(help_heading = "Calibration", long)]
     pub propagate_fp: bool,
-    /// Print the output size and bits per weight without quantizing.
+    /// Print the output size and bits per weight without quantizing (with --target-bpw: after the
+    /// sensitivity pass, the chosen plan and its predicted loss).
     #[arg(help_heading = "Output", long)]
     pub dry_run: bool,
+    /// The best model of this size: whole-model bits per weight (all stored bytes × 8 / all
+    /// parameters, embeddings and norms included). Measures every linear's sensitivity to each
+    /// --plan-bits × --plan-groups setting of --method (rtn or gptq) on the calibration
+    /// activations and picks per-linear settings minimising the summed predicted loss within the
+    /// size (docs/budget.md). The plan is written into config.json's quantization_config.plan.
+    #[arg(help_heading = "Size budget", long, value_name = "BPW")]
+    pub target_bpw: Option<f64>,
+    /// --target-bpw: the bit widths to choose from, comma-separated.
+    #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4, 5, 6, 8], value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub plan_bits: Vec<u8>,
+    /// --target-bpw: the group sizes to choose from, comma-separated.
+    #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![32usize, 128], value_parser = at_least::<1>)]
+    pub plan_groups: Vec<usize>,
+    /// --target-bpw: keep the sensitivity measurements in this JSON file and reuse them when the
+    /// model, calibration tokens, candidates and options are the same (several budgets, one pass);
+    /// a file measured on other inputs is refused, not replaced.
+    #[arg(help_heading = "Size budget", long, value_name = "FILE")]
+    pub sensitivity_cache: Option<PathBuf>,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(help_heading = "Output", long)]
@@ -264,9 +338,11 @@ pub struct SweepArgs {
     /// (v4 k256, v3 k512, v2 k256).
     #[arg(long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4], value_parser = clap::value_parser!(u8).range(2..=8))]
     pub bits: Vec<u8>,
-    /// Text to score (never the calibration text).
-    #[arg(long)]
-    pub eval_text: PathBuf,
+    /// Text to score (never the calibration text). Repeat it to score every combination on
+    /// several texts (ppl, KLD and top-1 vs the float model on each; the first leads the table
+    /// and the plot).
+    #[arg(long, required = true)]
+    pub eval_text: Vec<PathBuf>,
     /// Tokens per eval window (at most the model's max_position_embeddings).
     #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub eval_ctx: usize,
@@ -536,6 +612,10 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let mut o = a.q.options(a.method, a.bits, a.out.clone(), a.format)?;
     o.resume = a.resume;
     o.propagate_fp = a.propagate_fp;
+    o.target_bpw = a.target_bpw;
+    o.plan_bits = a.plan_bits.clone();
+    o.plan_groups = a.plan_groups.clone();
+    o.sensitivity_cache = a.sensitivity_cache.clone();
     let mut pb: Option<Progress> = None;
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
         pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);
@@ -552,11 +632,15 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         } else {
             format!("{} {}-bit g{}", s.method, s.bits, s.group_size)
         };
+        let what = if s.plan.is_some() { format!("{} per-linear plan", o.method.name()) } else { what };
         let what = match (o.format, o.gguf_type) {
             (Format::Gguf, t) => format!("{} {}", s.method, t.unwrap_or(crate::quantize::DEFAULT_GGUF_TYPE).name()),
             (_, Some(t)) => format!("{} on the {} grid", s.method, t.name()),
             _ => what,
         };
+        if let Some(p) = &s.plan {
+            print!("{}", crate::quantize::budget::describe(p));
+        }
         println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
         for f in &s.fallbacks {
             println!("fallback         {f}");
@@ -601,7 +685,8 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         base,
         methods: a.methods,
         bits: a.bits,
-        eval_text: a.eval_text,
+        eval_text: a.eval_text[0].clone(),
+        more_eval_texts: a.eval_text[1..].to_vec(),
         eval_ctx: a.eval_ctx,
         convention: a.convention,
         max_windows: a.max_windows,

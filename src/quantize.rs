@@ -2,7 +2,9 @@
 //! time, quantize every linear of the layer with the chosen method, pack, and write an HF-style
 //! directory (atomically: everything goes to a temporary directory renamed at the end).
 
+pub mod budget;
 pub mod gguf;
+mod sequential;
 
 pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
 
@@ -60,6 +62,10 @@ pub enum Method {
     /// GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab).
     #[value(name = "gptq")]
     Gptq,
+    /// AWQ's scale and clip transform of the layer, then GPTQ on the transformed weights (the
+    /// Hessian of the scaled inputs).
+    #[value(name = "awq+gptq")]
+    AwqGptq,
     /// VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error
     /// feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored).
     #[value(name = "vptq")]
@@ -80,6 +86,7 @@ impl Method {
             Method::AwqShift => "awq+shift",
             Method::GptqShift => "gptq+shift",
             Method::Gptq => "gptq",
+            Method::AwqGptq => "awq+gptq",
             Method::Vptq => "vptq",
         }
     }
@@ -103,17 +110,24 @@ impl Method {
                 AwareWeight::MeanAbs => Needs { mean_abs: true, ..Needs::default() },
             },
             Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq => Needs { hessian: true, ..Needs::default() },
+            // AWQ's search and clip sample, then GPTQ's Hessian.
+            Method::AwqGptq => Needs { hessian: true, strided_rows: awq::CLIP_TOKENS, ..awq },
         }
     }
 
     /// Runs AWQ's scale search in front of its quantizer.
     fn awq_search(self) -> bool {
-        matches!(self, Method::Awq | Method::AwqStatsq | Method::AwqShift)
+        matches!(self, Method::Awq | Method::AwqStatsq | Method::AwqShift | Method::AwqGptq)
+    }
+
+    /// Runs AWQ's clip search after the scale search (on RTN's affine grid).
+    fn awq_clip(self) -> bool {
+        matches!(self, Method::Awq | Method::AwqGptq)
     }
 
     /// Later layers should see this method's quantized outputs (GPTQ's sequential scheme).
     fn propagates_quantized(self) -> bool {
-        matches!(self, Method::Awq | Method::Gptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
+        matches!(self, Method::Awq | Method::Gptq | Method::AwqGptq | Method::GptqStatsq | Method::GptqShift | Method::Vptq)
     }
 
     /// Vector quantization (stored in the VQ layout, lowbit format only).
@@ -126,7 +140,7 @@ impl Method {
         match self {
             Method::Statsq | Method::StatsqAware | Method::AwqStatsq | Method::GptqStatsq => Grid::HalfInt,
             Method::Shift | Method::ShiftAware | Method::AwqShift | Method::GptqShift => Grid::Shift,
-            Method::Rtn | Method::Awq | Method::Gptq | Method::Vptq => Grid::Affine,
+            Method::Rtn | Method::Awq | Method::Gptq | Method::AwqGptq | Method::Vptq => Grid::Affine,
         }
     }
 }
@@ -222,7 +236,8 @@ pub struct Options {
     pub bits: u8,
     pub group_size: usize,
     pub sym: bool,
-    pub calib: Option<PathBuf>,
+    /// Calibration texts (one file, a mix, or a recipe's; [`crate::calib::Calib`]).
+    pub calib: Option<crate::calib::Calib>,
     pub calib_samples: usize,
     pub calib_seqlen: usize,
     pub seed: u64,
@@ -249,6 +264,9 @@ pub struct Options {
     pub vptq: vptq::VptqConfig,
     /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
     pub act_order: bool,
+    /// GPTQ: within a layer, collect each input's Hessian on the outputs of the linears already
+    /// quantized (q/k/v, then o, then gate/up, then down), as the reference's `--true-sequential`.
+    pub true_sequential: bool,
     /// Feed later layers the float layer's outputs even for AWQ/GPTQ/VPTQ (one forward per layer
     /// instead of two; the default re-runs each layer with its quantized weights).
     pub propagate_fp: bool,
@@ -261,6 +279,16 @@ pub struct Options {
     /// GGUF: type of the token embedding / output tensor (None: llama.cpp's defaults).
     pub token_embd_type: Option<GgmlType>,
     pub output_type: Option<GgmlType>,
+    /// `--target-bpw`: whole-model bits per weight to plan per-linear settings for ([`budget`]).
+    pub target_bpw: Option<f64>,
+    /// The bit widths and group sizes `--target-bpw` chooses from.
+    pub plan_bits: Vec<u8>,
+    pub plan_groups: Vec<usize>,
+    /// `--target-bpw`: a file holding the sensitivity pass's measurements (read when it matches
+    /// the inputs, written otherwise), so that several budgets share one pass.
+    pub sensitivity_cache: Option<PathBuf>,
+    /// The plan that produced the overrides, written as `quantization_config.plan`.
+    pub plan_note: Option<serde_json::Value>,
 }
 
 impl Options {
@@ -309,6 +337,9 @@ pub struct Summary {
     /// GGUF: tensors stored in another type than asked for (llama.cpp's fallbacks), one line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// `--target-bpw`: the chosen plan and its predicted loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<budget::Plan>,
 }
 
 /// Validate options before any work.
@@ -441,7 +472,7 @@ fn awq_layer(
         plan_of(name)
             // The clip search scores RTN's affine grid; on the GGUF block grids the block fit's own
             // range search takes its place.
-            .filter(|p| p.method == Method::Awq && p.ty.is_none())
+            .filter(|p| p.method.awq_clip() && p.ty.is_none())
             .map(|p| awq::AwqConfig { clip_asym: !o.awq_symmetric_clip, ..awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range) })
     };
     awq::clip_layer(lw, stats, &folded, &clip_of);
@@ -456,6 +487,7 @@ fn quantize_layer(
     lw: &mut LayerWeights,
     plans: &[Option<LinearPlan>],
     stats: &HashMap<Input, InputStats>,
+    layer_input: Option<(&[f32], usize)>,
     search_seconds: &mut f64,
 ) -> Result<Vec<Option<QTensor>>> {
     let specs = model.cfg.family.linears();
@@ -478,7 +510,14 @@ fn quantize_layer(
         let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
         let imp = || scaled_importance(&importance(&stats[&l.spec.input]), folded.get(&l.spec.input).map(|s| s.as_slice()), o.aware_weight);
         if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
-            hessians.insert(l.spec.input, stats[&l.spec.input].hessian());
+            let h = match layer_input {
+                // The input of q/k/v is the layer's own input: nothing quantized precedes it.
+                Some((h_in, seqlen)) if o.true_sequential && l.spec.input != Input::AttnIn => {
+                    sequential::hessian_after(model, lw, &out, h_in, seqlen, l.spec.input)?
+                }
+                _ => sequential::scaled_hessian(stats[&l.spec.input].hessian(), folded.get(&l.spec.input).map(|s| s.as_slice())),
+            };
+            hessians.insert(l.spec.input, h);
         }
         let h = || &hessians[&l.spec.input];
         if let Some(ty) = p.ty {
@@ -496,7 +535,7 @@ fn quantize_layer(
             }
             Method::Shift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, None)),
             Method::ShiftAware | Method::AwqShift => QTensor::Group(shift::shift(&l.w, l.out, l.inn, p.bits, p.group_size, Some(&imp()))),
-            Method::Gptq | Method::GptqStatsq | Method::GptqShift => {
+            Method::Gptq | Method::AwqGptq | Method::GptqStatsq | Method::GptqShift => {
                 let mut cfg = gptq::GptqConfig::new(p.bits, p.group_size, o.sym);
                 cfg.act_order = o.act_order;
                 cfg.static_groups = o.static_groups;
@@ -611,6 +650,14 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
 }
 
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
+    if o.target_bpw.is_some() {
+        // Plan first (a sensitivity pass), then write the plan as per-linear overrides.
+        let plan = budget::plan(model_dir, o, progress)?;
+        let mut s = quantize(model_dir, &budget::apply(o, &plan)?, dry_run, progress)?;
+        s.method = format!("{} (planned)", o.method.name());
+        s.plan = Some(plan);
+        return Ok(s);
+    }
     validate(o)?;
     let t0 = Instant::now();
     let model = Model::open_dense(model_dir)?;
@@ -625,7 +672,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     if gguf_out {
         crate::gguf::export::check_exportable(&model.cfg, &model_dir.join("config.json"))?;
         if !dry_run {
-            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_deref())?;
+            check_gguf_out(&o.out, o.force, model_dir, o.calib.as_ref().map(|c| c.files()).unwrap_or_default())?;
         }
         if o.resume {
             bail!("--resume is not available with --format gguf (the file is written in one piece at the end)");
@@ -637,7 +684,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         None
     } else {
         let mut inputs = vec![Source::new(model_dir, "model directory")];
-        if let Some(c) = &o.calib {
+        for c in o.calib.iter().flat_map(|c| c.files()) {
             inputs.push(Source::new(c, "calibration text"));
         }
         Some(OutDir::begin(&o.out, "quantize", o.force, &inputs)?)
@@ -649,7 +696,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
     let (tokens, seqlen) = match (&o.calib, needs) {
         (Some(p), n) if n.any() => {
             crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
-            (crate::calib::sample_tokens(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
+            (crate::calib::sample_calib(&tok, p, o.calib_samples, o.calib_seqlen, o.seed)?, o.calib_seqlen)
         }
         _ => (Vec::new(), 0),
     };
@@ -706,6 +753,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
         peak_rss_bytes: crate::mem::peak_rss_bytes(),
         dry_run,
         fallbacks: gguf_fallbacks(&model, o, &plans),
+        plan: None,
     };
     if dry_run {
         if gguf_out {
@@ -738,7 +786,7 @@ pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn
 /// A GGUF output is one file: it must not be, or lie inside, an input, and an existing file is
 /// replaced (with --force) only when it is a GGUF file that lowbit wrote (its `general.name`
 /// ends in " (lowbit)"); anything else is refused with what was found.
-fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path>) -> Result<()> {
+fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Vec<&Path>) -> Result<()> {
     let shown = escape::path(out);
     if out.is_dir() {
         bail!("{shown}: is a directory; --format gguf writes one file");
@@ -749,7 +797,9 @@ fn check_gguf_out(out: &Path, force: bool, model_dir: &Path, calib: Option<&Path
     };
     let canon_parent = std::fs::canonicalize(parent).ok();
     let canon_out = canon_parent.as_ref().and_then(|p| out.file_name().map(|n| p.join(n)));
-    for (input, what) in [(Some(model_dir), "the model directory"), (calib, "the calibration text")] {
+    let inputs =
+        std::iter::once((Some(model_dir), "the model directory")).chain(calib.into_iter().map(|c| (Some(c), "the calibration text")));
+    for (input, what) in inputs {
         let (Some(i), Some(co)) = (input.and_then(|i| std::fs::canonicalize(i).ok()), &canon_out) else { continue };
         if co == &i || co.starts_with(&i) {
             bail!("--out {shown} is, or is inside, {what} {}; write the output somewhere else", escape::path(input.unwrap()));
@@ -853,6 +903,7 @@ pub(crate) fn layer_out(
     lw: &mut LayerWeights,
     plan: &[Option<LinearPlan>],
     stats: &HashMap<Input, InputStats>,
+    layer_input: Option<(&[f32], usize)>,
     dry_run: bool,
 ) -> Result<LayerOut> {
     let c = &model.cfg;
@@ -867,7 +918,7 @@ pub(crate) fn layer_out(
             .map(|(l, p)| p.and_then(|p| p.ty).map(|t| QTensor::Gguf(qgguf::quantize(t, &vec![0.0; l.out * l.inn], l.out, l.inn, None))))
             .collect()
     } else {
-        quantize_layer(o, model, lw, plan, stats, &mut search_seconds)?
+        quantize_layer(o, model, lw, plan, stats, layer_input, &mut search_seconds)?
     };
     let p = format!("model.layers.{}", lw.index);
     let mut r = LayerOut {
@@ -1100,7 +1151,8 @@ fn run(
         // GPTQ-style methods feed the next layer the quantized layer's outputs: keep the input.
         let calibrate = seqlen > 0 && !dry_run;
         let propagate = calibrate && !o.propagate_fp && plan.iter().flatten().any(|p| p.method.propagates_quantized());
-        let h_in = if propagate { Some(h.clone()) } else { None };
+        let sequential = calibrate && o.true_sequential && plan.iter().flatten().any(|p| p.method.needs(o).hessian);
+        let h_in = if propagate || sequential { Some(h.clone()) } else { None };
         let stats = if calibrate {
             let (st, t) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
             fwd += t;
@@ -1108,8 +1160,8 @@ fn run(
         } else {
             HashMap::new()
         };
-        let r = layer_out(o, model, &mut lw, plan, &stats, dry_run)?;
-        if let Some(mut hi) = h_in {
+        let r = layer_out(o, model, &mut lw, plan, &stats, h_in.as_deref().map(|x| (x, seqlen)), dry_run)?;
+        if let Some(mut hi) = h_in.filter(|_| propagate) {
             // Re-run the layer with every quantized linear dequantized.
             for (l, q) in lw.linears.iter_mut().zip(&r.quantized) {
                 if let Some(q) = q {
@@ -1186,6 +1238,9 @@ pub(crate) fn write_output(
         Format::Lowbit => serde_json::to_value(meta)?,
         f => f.hf_quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym, c.num_layers, &modules),
     };
+    if let Some(p) = &o.plan_note {
+        cfg["quantization_config"]["plan"] = p.clone();
+    }
     cfg["torch_dtype"] = format!("{:?}", o.float_dtype)
         .to_lowercase()
         .replace("f16", "float16")
@@ -1263,8 +1318,11 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
         put(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), bytes);
         ck.release_pages();
     }
-    if let Some(c) = &o.calib {
+    for c in o.calib.iter().flat_map(|c| c.files()) {
         put("calib", &std::fs::read(c).with_context(|| format!("{}: cannot read", escape::path(c)))?);
+    }
+    if let Some(c) = o.calib.as_ref().filter(|c| c.parts.len() > 1) {
+        put("calib mix", format!("{:?}", c.parts.iter().map(|p| p.weight).collect::<Vec<_>>()).as_bytes());
     }
     put("tokens", &tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
     let opts = format!(
@@ -1294,6 +1352,7 @@ fn fingerprint(model_dir: &Path, ck: &crate::weights::Checkpoint, o: &Options, t
             .as_bytes(),
     );
     put("awq options", format!("{:?}|{}", o.awq_range, o.awq_symmetric_clip).as_bytes());
+    put("gptq options", format!("true_sequential={}", o.true_sequential).as_bytes());
     Ok(format!("{:032x}", h.digest128()))
 }
 

@@ -29,6 +29,9 @@ pub struct SweepOptions {
     pub methods: Vec<Method>,
     pub bits: Vec<u8>,
     pub eval_text: PathBuf,
+    /// More texts every combination is scored on (ppl, and KLD / top-1 against the float model),
+    /// reported beside the first.
+    pub more_eval_texts: Vec<PathBuf>,
     pub eval_ctx: usize,
     pub convention: Convention,
     pub max_windows: Option<usize>,
@@ -66,6 +69,26 @@ pub struct Record {
     /// Directory of the quantized checkpoint, relative to the sweep's output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    /// Scores on the further eval texts, in the order of [`Report::more_eval`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_eval: Vec<TextScore>,
+}
+
+/// One combination's scores on a further eval text.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextScore {
+    pub ppl: f64,
+    pub kld: Option<f64>,
+    pub top1_agreement: Option<f64>,
+}
+
+/// A further eval text: its windows and the float model's ppl on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextFp {
+    pub eval_text: String,
+    pub windows: usize,
+    pub tokens_scored: usize,
+    pub fp_ppl: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -95,6 +118,9 @@ pub struct Report {
     pub eval_seconds: f64,
     pub fp: FpRecord,
     pub records: Vec<Record>,
+    /// The further eval texts (`--eval-text` repeated).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_eval: Vec<TextFp>,
 }
 
 /// VPTQ settings for a bit budget: index bits per weight `log2(k)/v` equal `bits`, with vectors
@@ -146,6 +172,7 @@ fn empty_record(o: &Options) -> Record {
         top1_agreement: None,
         quantize_seconds: None,
         dir: None,
+        more_eval: Vec::new(),
     }
 }
 
@@ -168,8 +195,14 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
 /// Run the sweep; `progress(done, total, what)` reports both phases.
 pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Report> {
     let out = &s.base.out;
-    if let Some(c) = &s.base.calib {
-        let same = match (std::fs::canonicalize(c), std::fs::canonicalize(&s.eval_text)) {
+    for (c, e) in s
+        .base
+        .calib
+        .iter()
+        .flat_map(|c| c.files())
+        .flat_map(|c| std::iter::once(&s.eval_text).chain(&s.more_eval_texts).map(move |e| (c, e)))
+    {
+        let same = match (std::fs::canonicalize(c), std::fs::canonicalize(e)) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         };
@@ -188,7 +221,10 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
     }
     // The output is checked against the inputs and locked before any work.
     let mut inputs = vec![Source::new(model_dir, "model directory"), Source::new(&s.eval_text, "eval text")];
-    if let Some(c) = &s.base.calib {
+    for e in &s.more_eval_texts {
+        inputs.push(Source::new(e, "eval text"));
+    }
+    for c in s.base.calib.iter().flat_map(|c| c.files()) {
         inputs.push(Source::new(c, "calibration text"));
     }
     let mut od = OutDir::begin(out, "sweep", s.base.force, &inputs)?;
@@ -198,18 +234,28 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
     let text = crate::calib::read_text(&s.eval_text)?;
     let windows = eval::make_windows(&tok, &text, &s.eval_text.display().to_string(), s.eval_ctx, s.convention, s.max_windows)?;
     drop(text);
+    let mut more = Vec::new();
+    for e in &s.more_eval_texts {
+        let text = crate::calib::read_text(e)?;
+        more.push((
+            e.display().to_string(),
+            eval::make_windows(&tok, &text, &e.display().to_string(), s.eval_ctx, s.convention, s.max_windows)?,
+        ));
+    }
 
     let tmp = od.create_tmp()?.to_path_buf();
-    let rep = run(model_dir, &model, &tok, &windows, s, &tmp, progress)?;
+    let rep = run(model_dir, &model, &tok, &windows, &more, s, &tmp, progress)?;
     od.commit()?;
     Ok(rep)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model_dir: &Path,
     model: &Model,
     tok: &Tokenizer,
     windows: &eval::Windows,
+    more: &[(String, eval::Windows)],
     s: &SweepOptions,
     tmp: &Path,
     progress: &mut dyn FnMut(usize, usize, &str),
@@ -269,7 +315,7 @@ fn run(
     let (tokens, seqlen) = match (&s.base.calib, needs.any()) {
         (Some(p), true) => {
             crate::calib::check_budget(s.base.calib_samples, s.base.calib_seqlen, c.hidden_size)?;
-            (crate::calib::sample_tokens(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
+            (crate::calib::sample_calib(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
         }
         _ => (Vec::new(), 0),
     };
@@ -283,12 +329,15 @@ fn run(
         let t = Instant::now();
         let lw = model.load_layer(i)?;
         quantize::check_finite_layer(&lw)?;
+        // --true-sequential re-runs the layer from its (float) input.
+        let h_in = (seqlen > 0 && s.base.true_sequential).then(|| h.clone());
         let stats = if seqlen > 0 { quantize::calibrate_layer(model, &lw, &mut h, seqlen, needs)?.0 } else { Default::default() };
         calibration_seconds += t.elapsed().as_secs_f64();
         for k in &mut combos {
             let t = Instant::now();
             let mut l = lw.clone();
-            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, false).with_context(|| k.name.clone())?;
+            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, h_in.as_deref().map(|x| (x, seqlen)), false)
+                .with_context(|| k.name.clone())?;
             k.ckpt.write_tensors(i, &r.tensors)?;
             k.bits += r.bits;
             k.weights += r.weights;
@@ -336,12 +385,34 @@ fn run(
         fp = fp.or(f);
         results.extend(r);
     }
+    // The further texts, the same way.
+    let mut more_fp: Vec<TextFp> = Vec::new();
+    let mut more_results: Vec<Vec<EvalResult>> = vec![Vec::new(); combos.len()];
+    for (text, w) in more {
+        let mut f_text = None;
+        let mut done = 0;
+        for batch in combos.chunks(per_pass) {
+            let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
+            let refs: Vec<&Model> = opened.iter().collect();
+            let what = format!("scoring {} tokens", Path::new(text).file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            let (f, r) = eval::perplexity_many(Some(model), &refs, w, &mut |d, t| progress(d, t, &what))?;
+            f_text = f_text.or(f);
+            for (i, x) in r.into_iter().enumerate() {
+                more_results[done + i].push(x);
+            }
+            done += batch.len();
+        }
+        let f = f_text.expect("the float model is the reference");
+        more_fp.push(TextFp { eval_text: text.clone(), windows: f.windows, tokens_scored: f.tokens_scored, fp_ppl: f.ppl });
+    }
     let eval_seconds = t_eval.elapsed().as_secs_f64();
     let fp = fp.expect("the float model is the reference");
 
-    let by_name: BTreeMap<&str, (&Combo, &EvalResult)> = combos.iter().zip(&results).map(|(k, r)| (k.name.as_str(), (k, r))).collect();
+    let by_name: BTreeMap<&str, (&Combo, &EvalResult, &Vec<EvalResult>)> =
+        combos.iter().zip(&results).zip(&more_results).map(|((k, r), m)| (k.name.as_str(), (k, r, m))).collect();
     for rec in records.iter_mut() {
-        let Some((k, r)) = rec.dir.as_deref().and_then(|d| by_name.get(d)) else { continue };
+        let Some((k, r, m)) = rec.dir.as_deref().and_then(|d| by_name.get(d)) else { continue };
+        rec.more_eval = m.iter().map(|x| TextScore { ppl: x.ppl, kld: x.kld, top1_agreement: x.top1_agreement }).collect();
         let info = crate::qmodel::inspect(&k.o.out)?;
         // inspect's count of the written checkpoint: the same function quantize reports with.
         rec.bpw = info.linear_bits_per_weight;
@@ -363,7 +434,7 @@ fn run(
         lowbit_version: env!("CARGO_PKG_VERSION").into(),
         command: s.command.clone(),
         model: model_dir.display().to_string(),
-        calib: s.base.calib.as_ref().map(|p| p.display().to_string()),
+        calib: s.base.calib.as_ref().map(|c| c.describe()),
         calib_tokens: tokens.len(),
         eval_text: s.eval_text.display().to_string(),
         eval_ctx: s.eval_ctx,
@@ -382,6 +453,7 @@ fn run(
         eval_seconds,
         fp: FpRecord { ppl: fp.ppl, size_mb: fp_bytes as f64 / 1e6, bits: fp_bits },
         records,
+        more_eval: more_fp,
     };
     crate::st_write::write_atomic(&tmp.join("results.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::st_write::write_atomic(&tmp.join("results.md"), markdown(&report).as_bytes())?;
@@ -440,6 +512,26 @@ pub fn markdown(r: &Report) -> String {
             f(x.top1_agreement, 3),
             f(x.quantize_seconds, 1)
         );
+    }
+    for (i, t) in r.more_eval.iter().enumerate() {
+        s += &format!("\nEval `{}`, {} windows ({} predictions); FP ppl {:.4}.\n\n", t.eval_text, t.windows, t.tokens_scored, t.fp_ppl);
+        s += "| method | bits | ppl | Δppl % | KLD | top-1 |\n|---|---|---|---|---|---|\n";
+        for x in r.records.iter().filter(|x| x.skipped.is_none()) {
+            let Some(m) = x.more_eval.get(i) else { continue };
+            let method = match &x.vq {
+                Some(v) => format!("{} {v}", x.method),
+                None => x.method.clone(),
+            };
+            let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_default();
+            s += &format!(
+                "| {method} | {} | {:.4} | {:.1} | {} | {} |\n",
+                x.bits,
+                m.ppl,
+                100.0 * (m.ppl / t.fp_ppl - 1.0),
+                f(m.kld, 4),
+                f(m.top1_agreement, 3)
+            );
+        }
     }
     s
 }

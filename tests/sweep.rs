@@ -178,3 +178,31 @@ fn sweep_overrides_and_refusals() {
     assert!(err.contains("nothing to sweep"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn sweep_scores_every_eval_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("two");
+    let ptb = s(&shared("data/ptb/ptb.test.txt"));
+    let r = sweep(&out, "rtn,awq+gptq", "3", &["--eval-text", &ptb, "--true-sequential"]);
+    assert_eq!(r["more_eval"].as_array().unwrap().len(), 1);
+    assert_eq!(r["more_eval"][0]["eval_text"], ptb.as_str());
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains(&format!("Eval `{ptb}`")), "{md}");
+    for m in ["rtn", "awq+gptq"] {
+        let rec = record(&r, m, 3);
+        let second = &rec["more_eval"][0];
+        // The same numbers as `lowbit eval --reference` on the second text.
+        let dir = s(&out.join(rec["dir"].as_str().unwrap()));
+        let st = s(&stories());
+        let (code, o, err) =
+            lowbit(&["eval", "--model", &dir, "--reference", &st, "--text", &ptb, "--ctx", "256", "--max-windows", "3", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let e: Value = serde_json::from_str(o.trim()).unwrap();
+        assert_eq!(f(second, "ppl"), f(&e, "ppl"), "{m}");
+        assert_eq!(f(second, "kld"), f(&e, "kld"), "{m}");
+        assert!(f(second, "kld") > 0.0);
+        // And the first text's scores are unchanged in place.
+        assert!(f(rec, "kld") > 0.0 && f(rec, "kld") != f(second, "kld"));
+    }
+}

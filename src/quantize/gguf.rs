@@ -32,10 +32,10 @@ pub fn parse_tensor_type(s: &str) -> Result<GgmlType> {
 
 /// The GGUF rules: methods that can choose codes on a block grid, formats that can hold them.
 pub(crate) fn validate_gguf(o: &Options) -> Result<()> {
-    let ok = |m: Method| matches!(m, Method::Rtn | Method::Awq | Method::Gptq);
+    let ok = |m: Method| matches!(m, Method::Rtn | Method::Awq | Method::Gptq | Method::AwqGptq);
     for m in std::iter::once(o.method).chain(o.overrides.iter().map(|v| v.method)) {
         if !ok(m) {
-            bail!("--method {}: GGUF block types are quantized with rtn, awq or gptq", m.name());
+            bail!("--method {}: GGUF block types are quantized with rtn, awq, gptq or awq+gptq", m.name());
         }
         if m.needs(o).any() && o.calib.is_none() {
             bail!("--method {} needs --calib FILE (calibration text)", m.name());
@@ -80,7 +80,7 @@ pub(crate) fn quantize_gguf<'a>(
                 scaled_importance(&stats[&l.spec.input].mean_sq(), folded.get(&l.spec.input).map(|s| s.as_slice()), AwareWeight::MeanSq);
             qgguf::quantize(ty, &l.w, l.out, l.inn, Some(&imp))
         }
-        Method::Gptq => {
+        Method::Gptq | Method::AwqGptq => {
             let mut cfg = gptq::GptqConfig::new(8, 32, false);
             cfg.act_order = o.act_order;
             cfg.static_groups = o.static_groups || o.act_order;

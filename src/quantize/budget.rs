@@ -1,0 +1,522 @@
+//! `--target-bpw`: the best per-linear settings under a whole-model size budget.
+//!
+//! 1. Sensitivity pass: one calibration forward through the float model, layer by layer. For
+//!    every linear and every candidate setting (the method of `--method`, each `--plan-bits`
+//!    × `--plan-groups`), the linear alone is quantized (GPTQ against its input's Hessian, or
+//!    RTN) and the block it feeds (the attention block for q/k/v/o, the MLP for gate/up/down) is
+//!    re-run on a sample of calibration windows: the predicted loss of that choice is the mean
+//!    squared change of the block's output divided by the mean square of the residual stream at
+//!    the layer's input (a relative perturbation of the residual stream, comparable across
+//!    layers).
+//! 2. Choice: the summed predicted loss is minimised under the byte budget, a multiple-choice
+//!    knapsack solved by dynamic programming over the bytes ([`choose`]), then the bytes left by
+//!    its rounding are spent greedily on the upgrades with the best loss saved per byte.
+//! 3. The plan becomes one `--override` per linear and the ordinary quantize run writes it; the
+//!    plan (settings, bytes, predicted losses) goes into the output's `quantization_config.plan`.
+//!
+//! Sizes come from [`stored_bits`], the one place that asks the layout; embeddings, norms and
+//! lm_head are counted at `--float-dtype`.
+
+use super::{calibrate_layer, LinearPlan, Method, Options, Override};
+use crate::model::Model;
+use crate::quant::{gptq, rtn};
+use crate::stats::Needs;
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One candidate setting of a linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Setting {
+    #[serde(serialize_with = "method_name", deserialize_with = "method_of")]
+    pub method: Method,
+    pub bits: u8,
+    pub group_size: usize,
+}
+
+fn method_of<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Method, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    Method::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown method {s:?}")))
+}
+
+fn method_name<S: serde::Serializer>(m: &Method, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(m.name())
+}
+
+/// The chosen setting of one linear.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinearChoice {
+    pub name: String,
+    #[serde(flatten)]
+    pub setting: Setting,
+    pub bytes: u64,
+    pub predicted_loss: f64,
+}
+
+/// A plan and what it predicts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub target_bpw: f64,
+    /// Whole-model bits per weight of the plan (all stored bytes × 8 / all parameters).
+    pub model_bpw: f64,
+    pub bytes: u64,
+    pub params: u64,
+    /// Σ of the linears' predicted losses.
+    pub predicted_loss: f64,
+    /// Bytes outside the quantized linears (embeddings, norms, biases, lm_head).
+    pub fixed_bytes: u64,
+    pub linears: Vec<LinearChoice>,
+    /// Every candidate applied to every linear: its size and predicted loss (the single-setting
+    /// plans the chosen one competes with).
+    pub uniform: Vec<UniformPlan>,
+    /// Seconds of the sensitivity pass (0 when read from --sensitivity-cache).
+    pub seconds: f64,
+}
+
+/// One setting for every linear.
+#[derive(Clone, Debug, Serialize)]
+pub struct UniformPlan {
+    #[serde(flatten)]
+    pub setting: Setting,
+    pub model_bpw: f64,
+    pub predicted_loss: f64,
+}
+
+/// Measured losses of every linear (layer order, then table order) for every candidate.
+#[derive(Serialize, serde::Deserialize)]
+pub struct Sensitivity {
+    pub names: Vec<String>,
+    pub shapes: Vec<(usize, usize)>,
+    pub candidates: Vec<Setting>,
+    /// `[linear][candidate]` predicted loss.
+    pub loss: Vec<Vec<f64>>,
+    pub seconds: f64,
+    /// Digest of everything the losses depend on (model files, calibration tokens, options).
+    #[serde(default)]
+    pub key: String,
+}
+
+/// Stored bits of an `out × inn` linear under `s` in the output layout: the sum of the layout's
+/// own tensor specs (the size count `--dry-run` and quantize use; scales, zeros included).
+pub(crate) fn stored_bits(o: &Options, s: Setting, out: usize, inn: usize) -> Result<u64> {
+    let p = LinearPlan { method: s.method, bits: s.bits, group_size: s.group_size, ty: None };
+    let want = p.want(o);
+    o.format
+        .check(&want, out, inn)
+        .map_err(|e| anyhow!("--target-bpw: {} cannot hold {}-bit g{}: {e}", o.format.name(), s.bits, s.group_size))?;
+    Ok(o.format.tensor_specs(&want, out, inn).iter().map(|(_, dt, shape)| (shape.iter().product::<usize>() * dt.bitsize()) as u64).sum())
+}
+
+/// Quantize one linear alone with a candidate (dequantized).
+fn candidate_weight(o: &Options, s: Setting, w: &[f32], out: usize, inn: usize, h: &[f64]) -> Result<Vec<f32>> {
+    Ok(match s.method {
+        Method::Rtn => rtn::quantize(w, out, inn, s.bits, s.group_size, o.sym).dequantize(),
+        Method::Gptq => {
+            let mut cfg = gptq::GptqConfig::new(s.bits, s.group_size, o.sym);
+            cfg.act_order = o.act_order;
+            cfg.static_groups = o.static_groups;
+            cfg.report_baseline = false;
+            gptq::gptq(w, out, inn, h, &cfg)?.0.dequantize()
+        }
+        m => bail!("--target-bpw: method {} is not planned (rtn or gptq)", m.name()),
+    })
+}
+
+/// The sensitivity pass over calibration tokens `tokens` (windows of `seqlen`).
+pub fn sensitivities(
+    model: &Model,
+    o: &Options,
+    candidates: &[Setting],
+    tokens: &[u32],
+    seqlen: usize,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Sensitivity> {
+    let t0 = std::time::Instant::now();
+    let c = &model.cfg;
+    let needs = Needs { hessian: true, window_tokens: o.search_tokens, ..Needs::default() };
+    let mut h = model.embed(tokens)?;
+    let (mut names, mut shapes, mut loss) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..c.num_layers {
+        progress(i, c.num_layers, "measuring sensitivities");
+        let lw = model.load_layer(i)?;
+        super::check_finite_layer(&lw)?;
+        // The residual stream entering the layer, rows of the windows the blocks are re-run on.
+        let d = c.hidden_size;
+        let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
+        let h_win: Vec<f32> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .flat_map(|(w, _)| h[w * seqlen * d..(w + 1) * seqlen * d].iter().copied())
+            .collect();
+        let (stats, _) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
+        let attn_x = &stats[&crate::arch::Input::AttnIn];
+        let mlp_x = &stats[&crate::arch::Input::MlpIn];
+        let run = |l: &crate::model::LayerWeights, attn: bool| {
+            if attn {
+                model.attention_output(l, &attn_x.windows, attn_x.seq_len)
+            } else {
+                model.mlp_output(l, &mlp_x.windows)
+            }
+        };
+        let (y_attn, y_mlp) = (run(&lw, true), run(&lw, false));
+        // Per-token squared norms of the residual stream at each block's input: the layer input
+        // for the attention block, plus the attention output for the MLP.
+        let sq = |v: &[f32]| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().max(f64::MIN_POSITIVE);
+        let r_attn: Vec<f64> = h_win.chunks(d).map(sq).collect();
+        let r_mlp: Vec<f64> =
+            h_win.chunks(d).zip(y_attn.chunks(d)).map(|(a, b)| sq(&a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>())).collect();
+        debug_assert_eq!(r_attn.len() * d, y_attn.len());
+        let mut hessians: HashMap<crate::arch::Input, Vec<f64>> = HashMap::new();
+        for (k, l) in lw.linears.iter().enumerate() {
+            let attn = l.spec.name.starts_with("self_attn.");
+            let hs = hessians.entry(l.spec.input).or_insert_with(|| stats[&l.spec.input].hessian());
+            let y = if attn { &y_attn } else { &y_mlp };
+            let mut row = Vec::new();
+            let mut scratch = lw.clone();
+            for &s in candidates {
+                let prefix = format!("model.layers.{i}.{}", l.spec.name);
+                scratch.linears[k].w = candidate_weight(o, s, &l.w, l.out, l.inn, hs)
+                    .with_context(|| format!("{prefix}: {}:{}:{}", s.method.name(), s.bits, s.group_size))?;
+                let yq = run(&scratch, attn);
+                // Mean over tokens of ‖Δy_t‖² / ‖r_t‖²: each token's change relative to its own
+                // residual stream, which the next RMSNorm divides by (a few tokens with massive
+                // activations would otherwise set the scale of every layer).
+                let r = if attn { &r_attn } else { &r_mlp };
+                let rel = y
+                    .chunks(d)
+                    .zip(yq.chunks(d))
+                    .zip(r)
+                    .map(|((a, b), r)| sq(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>()) / r)
+                    .sum::<f64>();
+                row.push(rel / r.len().max(1) as f64);
+            }
+            names.push(format!("model.layers.{i}.{}", l.spec.name));
+            shapes.push((l.out, l.inn));
+            loss.push(row);
+        }
+        model.ck.release_pages();
+    }
+    Ok(Sensitivity { names, shapes, candidates: candidates.to_vec(), loss, seconds: t0.elapsed().as_secs_f64(), key: String::new() })
+}
+
+/// Bytes outside the quantized linears and the model's parameter count: every checkpoint tensor
+/// that is not a decoder-layer linear weight, at `--float-dtype`.
+fn fixed_bytes(model: &Model, o: &Options, linear_names: &[String]) -> (u64, u64) {
+    let es = crate::weights::dtype_size(o.float_dtype).unwrap_or(2) as u64;
+    let linear: std::collections::HashSet<String> = linear_names.iter().map(|n| format!("{n}.weight")).collect();
+    let (mut fixed, mut params) = (0u64, 0u64);
+    for (name, t) in model.ck.tensors() {
+        let n = t.shape.iter().product::<usize>() as u64;
+        params += n;
+        if !linear.contains(name) {
+            fixed += n * es;
+        }
+    }
+    (fixed, params)
+}
+
+/// Byte units of the knapsack's table: budgets above this many units are counted in units of
+/// `ceil(budget / KNAPSACK_UNITS)` bytes (sizes rounded up, so a plan that fits the table fits
+/// the budget; at most one unit per linear is left unspent before the greedy fill).
+const KNAPSACK_UNITS: u64 = 100_000;
+
+/// Choose one candidate per linear minimising Σ loss with Σ bytes ≤ `budget`: a 0/1 multiple-choice
+/// knapsack solved by dynamic programming over the (unit-rounded) bytes, exact when the budget is
+/// at most [`KNAPSACK_UNITS`] bytes; then the bytes left over are spent greedily on the upgrades
+/// with the best loss saved per byte. `None` when even the smallest choices do not fit.
+pub fn choose(loss: &[Vec<f64>], bytes: &[Vec<u64>], budget: u64) -> Option<Vec<usize>> {
+    let total = |c: &[usize]| c.iter().zip(bytes).map(|(&k, b)| b[k]).sum::<u64>();
+    let smallest: Vec<usize> = bytes.iter().map(|b| (0..b.len()).min_by_key(|&k| b[k]).unwrap()).collect();
+    if total(&smallest) > budget {
+        return None;
+    }
+    let unit = budget.div_ceil(KNAPSACK_UNITS).max(1);
+    let cap = (budget / unit) as usize;
+    let units: Vec<Vec<usize>> = bytes.iter().map(|r| r.iter().map(|b| b.div_ceil(unit) as usize).collect()).collect();
+    // dp[u]: least loss of the linears so far in at most u units; from[i][u]: linear i's option.
+    let mut dp = vec![0f64; cap + 1];
+    let mut from: Vec<Vec<u8>> = Vec::with_capacity(loss.len());
+    for (l, w) in loss.iter().zip(&units) {
+        let mut next = vec![f64::INFINITY; cap + 1];
+        let mut arg = vec![u8::MAX; cap + 1];
+        for u in 0..=cap {
+            for k in 0..l.len() {
+                if w[k] <= u {
+                    let v = dp[u - w[k]] + l[k];
+                    if v < next[u] {
+                        next[u] = v;
+                        arg[u] = k as u8;
+                    }
+                }
+            }
+        }
+        dp = next;
+        from.push(arg);
+    }
+    let mut choice = if dp[cap].is_finite() {
+        let mut c = vec![0usize; loss.len()];
+        let mut u = cap;
+        for i in (0..loss.len()).rev() {
+            let k = from[i][u] as usize;
+            c[i] = k;
+            u -= units[i][k];
+        }
+        c
+    } else {
+        // Rounding made the table too tight: start from the smallest plan.
+        smallest
+    };
+    // Spend what is left on the best loss saved per byte, one upgrade at a time.
+    loop {
+        let left = budget - total(&choice);
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (i, (l, b)) in loss.iter().zip(bytes).enumerate() {
+            let (k0, b0) = (choice[i], b[choice[i]]);
+            for k in 0..l.len() {
+                let gain = l[k0] - l[k];
+                if gain > 0.0 && b[k] > b0 && b[k] - b0 <= left {
+                    let rate = gain / (b[k] - b0) as f64;
+                    if best.is_none_or(|(_, _, r)| rate > r) {
+                        best = Some((i, k, rate));
+                    }
+                } else if gain >= 0.0 && b[k] <= b0 && k != k0 && (gain > 0.0 || b[k] < b0) {
+                    // Better and no larger: always take it.
+                    best = Some((i, k, f64::INFINITY));
+                }
+            }
+        }
+        match best {
+            Some((i, k, _)) => choice[i] = k,
+            None => break,
+        }
+    }
+    Some(choice)
+}
+
+/// The plan for `target_bpw` from measured sensitivities.
+pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -> Result<Plan> {
+    let (fixed, params) = fixed_bytes(model, o, &s.names);
+    let mut size_cache: HashMap<(Setting, usize, usize), u64> = HashMap::new();
+    let mut bytes = Vec::new();
+    for &(out, inn) in &s.shapes {
+        let mut row = Vec::new();
+        for &c in &s.candidates {
+            let b = match size_cache.get(&(c, out, inn)) {
+                Some(b) => *b,
+                None => {
+                    let b = stored_bits(o, c, out, inn)?.div_ceil(8);
+                    size_cache.insert((c, out, inn), b);
+                    b
+                }
+            };
+            row.push(b);
+        }
+        bytes.push(row);
+    }
+    let budget_total = (target_bpw * params as f64 / 8.0).floor() as u64;
+    let min_bytes = fixed + bytes.iter().map(|r| *r.iter().min().unwrap()).sum::<u64>();
+    let max_bytes = fixed + bytes.iter().map(|r| *r.iter().max().unwrap()).sum::<u64>();
+    let bpw = |b: u64| 8.0 * b as f64 / params as f64;
+    let choice = budget_total.checked_sub(fixed).and_then(|b| choose(&s.loss, &bytes, b)).ok_or_else(|| {
+        anyhow!(
+            "--target-bpw {target_bpw}: below the smallest plan of these candidates ({:.3} bpw: the linears at their smallest setting, embeddings, norms and lm_head at --float-dtype {:.3} bpw); the candidates reach {:.3}..{:.3} bpw",
+            bpw(min_bytes),
+            bpw(fixed),
+            bpw(min_bytes),
+            bpw(max_bytes)
+        )
+    })?;
+    let linears: Vec<LinearChoice> = choice
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| LinearChoice {
+            name: s.names[i].clone(),
+            setting: s.candidates[k],
+            bytes: bytes[i][k],
+            predicted_loss: s.loss[i][k],
+        })
+        .collect();
+    let total = fixed + linears.iter().map(|l| l.bytes).sum::<u64>();
+    let uniform = (0..s.candidates.len())
+        .map(|k| UniformPlan {
+            setting: s.candidates[k],
+            model_bpw: bpw(fixed + bytes.iter().map(|r| r[k]).sum::<u64>()),
+            predicted_loss: s.loss.iter().map(|r| r[k]).sum(),
+        })
+        .collect();
+    Ok(Plan {
+        uniform,
+        target_bpw,
+        model_bpw: bpw(total),
+        bytes: total,
+        params,
+        predicted_loss: linears.iter().map(|l| l.predicted_loss).sum(),
+        fixed_bytes: fixed,
+        linears,
+        seconds: s.seconds,
+    })
+}
+
+/// The candidates of `--plan-bits` × `--plan-groups` with `--method`.
+pub fn candidates(o: &Options) -> Vec<Setting> {
+    let mut v = Vec::new();
+    for &bits in &o.plan_bits {
+        for &group_size in &o.plan_groups {
+            v.push(Setting { method: o.method, bits, group_size });
+        }
+    }
+    v
+}
+
+/// What `--target-bpw` accepts; checked before any work.
+pub(crate) fn validate(o: &Options) -> Result<()> {
+    let Some(t) = o.target_bpw else { return Ok(()) };
+    if !(t > 0.0 && t.is_finite()) {
+        bail!("--target-bpw must be a positive number (got {t})");
+    }
+    if !matches!(o.method, Method::Rtn | Method::Gptq) {
+        bail!("--target-bpw plans --method rtn or gptq per linear (got {})", o.method.name());
+    }
+    if o.format != super::Format::Lowbit || o.gguf_type.is_some() {
+        bail!("--target-bpw writes per-linear bits and group sizes: --format lowbit only");
+    }
+    if !o.overrides.is_empty() || !o.skip.is_empty() {
+        bail!("--target-bpw chooses every linear's setting: do not combine it with --override or --skip");
+    }
+    if o.calib.is_none() {
+        bail!("--target-bpw measures sensitivities on calibration text: give --calib");
+    }
+    if o.plan_bits.is_empty() || o.plan_groups.is_empty() {
+        bail!("--plan-bits and --plan-groups must each list at least one value");
+    }
+    if let Some(b) = o.plan_bits.iter().find(|b| !(2..=8).contains(*b)) {
+        bail!("--plan-bits: {b} is not between 2 and 8");
+    }
+    if o.plan_groups.contains(&0) {
+        bail!("--plan-groups: group sizes must be at least 1");
+    }
+    Ok(())
+}
+
+/// The options that write `plan`: one exact-name override per linear.
+pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
+    let mut p = o.clone();
+    p.target_bpw = None;
+    p.overrides = plan
+        .linears
+        .iter()
+        .map(|l| {
+            format!("^{}$={}:{}:{}", regex::escape(&l.name), l.setting.method.name(), l.setting.bits, l.setting.group_size)
+                .parse::<Override>()
+        })
+        .collect::<Result<_>>()?;
+    p.plan_note = Some(serde_json::to_value(plan)?);
+    Ok(p)
+}
+
+/// Measure, choose and return the plan for `o.target_bpw` on the model at `model_dir`.
+pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Plan> {
+    validate(o)?;
+    let target = o.target_bpw.expect("validated");
+    let model = Model::open_dense(model_dir)?;
+    model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
+    super::check_finite_tail(&model)?;
+    let tok = Tokenizer::from_dir(model_dir)?;
+    crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
+    let calib = o.calib.as_ref().expect("validated");
+    let tokens = crate::calib::sample_calib(&tok, calib, o.calib_samples, o.calib_seqlen, o.seed)?;
+    let cands = candidates(o);
+    // The sizes first: an impossible budget fails before the sensitivity pass.
+    let zero = Sensitivity {
+        names: Vec::new(),
+        shapes: Vec::new(),
+        candidates: cands.clone(),
+        loss: Vec::new(),
+        seconds: 0.0,
+        key: String::new(),
+    };
+    let mut names = Vec::new();
+    let mut shapes = Vec::new();
+    for i in 0..model.cfg.num_layers {
+        for spec in model.cfg.family.linears() {
+            names.push(format!("model.layers.{i}.{}", spec.name));
+            shapes.push(model.linear_shape(spec));
+        }
+    }
+    let probe = Sensitivity { names, loss: vec![vec![0.0; cands.len()]; shapes.len()], shapes, ..zero };
+    plan_from(&model, o, target, &probe)?;
+    let key = cache_key(model_dir, o, &cands, &tokens)?;
+    let s = match &o.sensitivity_cache {
+        Some(p) if p.exists() => {
+            let shown = crate::escape::path(p);
+            let text = std::fs::read_to_string(p).with_context(|| format!("{shown}: cannot read"))?;
+            let mut s: Sensitivity = serde_json::from_str(&text).map_err(|e| anyhow!("{shown}: not a sensitivity cache: {e}"))?;
+            if s.key != key {
+                bail!("{shown}: measured on another model, calibration or candidate list; remove it or choose another --sensitivity-cache");
+            }
+            s.seconds = 0.0;
+            s
+        }
+        cache => {
+            let mut s = sensitivities(&model, o, &cands, &tokens, o.calib_seqlen, progress)?;
+            s.key = key;
+            if let Some(p) = cache {
+                crate::st_write::write_atomic(p, serde_json::to_string(&s)?.as_bytes())?;
+            }
+            s
+        }
+    };
+    plan_from(&model, o, target, &s)
+}
+
+/// What a sensitivity cache must have been measured on: every byte of the model's config and
+/// weights, the calibration tokens, the candidates and the options the measurement reads.
+fn cache_key(model_dir: &Path, o: &Options, cands: &[Setting], tokens: &[u32]) -> Result<String> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut put = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    // The version of the loss definition (per-token relative block-output error).
+    put(format!("{}|sensitivity v2", env!("CARGO_PKG_VERSION")).as_bytes());
+    put(&std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read config.json", model_dir.display()))?);
+    let ck = crate::weights::Checkpoint::open(model_dir)?;
+    for (_, bytes) in ck.files() {
+        put(bytes);
+        ck.release_pages();
+    }
+    put(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+    put(format!("{cands:?}|{}|{}|{}|{}|{:?}", o.sym, o.act_order, o.static_groups, o.search_tokens, o.float_dtype).as_bytes());
+    Ok(format!("{:032x}", h.digest128()))
+}
+
+/// The plan as a table: one line per linear, then the totals.
+pub fn describe(p: &Plan) -> String {
+    let mut s = String::from("linear                                   setting        bytes   predicted loss\n");
+    for l in &p.linears {
+        s += &format!(
+            "{:<40} {:<12} {:>8} {:>14.6e}\n",
+            l.name,
+            format!("{}:{}:g{}", l.setting.method.name(), l.setting.bits, l.setting.group_size),
+            l.bytes,
+            l.predicted_loss
+        );
+    }
+    let mut mix: std::collections::BTreeMap<String, usize> = Default::default();
+    for l in &p.linears {
+        *mix.entry(format!("{}-bit g{}", l.setting.bits, l.setting.group_size)).or_default() += 1;
+    }
+    s += &format!(
+        "plan: {:.4} bpw whole model (target {}), {} bytes ({} outside the linears), predicted loss {:.6e}; {}\n",
+        p.model_bpw,
+        p.target_bpw,
+        p.bytes,
+        p.fixed_bytes,
+        p.predicted_loss,
+        mix.iter().map(|(k, n)| format!("{n}× {k}")).collect::<Vec<_>>().join(", ")
+    );
+    s
+}
