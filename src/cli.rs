@@ -505,7 +505,14 @@ impl Progress {
                 let changed = pos > 0 && (*m != msg || *p != pos);
                 let due = last.is_none_or(|t| t.elapsed() >= LOG_EVERY) || pos >= *len;
                 if changed && due {
-                    eprintln!("{msg}: {pos}/{len} ({:.0} s)", start.elapsed().as_secs_f64());
+                    let t = start.elapsed().as_secs_f64();
+                    if pos < *len {
+                        // Remaining steps at the mean rate so far.
+                        let eta = t * (*len - pos) as f64 / pos as f64;
+                        eprintln!("{msg}: {pos}/{len} ({t:.0} s, eta {eta:.0} s)");
+                    } else {
+                        eprintln!("{msg}: {pos}/{len} ({t:.0} s)");
+                    }
                     *last = Some(Instant::now());
                     (*m, *p) = (msg.to_string(), pos);
                 }
