@@ -497,9 +497,14 @@ fn quantize_layer(
         AwareWeight::MeanAbs => st.mean_abs(),
     };
     // AWQ channel scales folded into each input's consumers (awq+statsq / awq+shift read them).
-    let t = Instant::now();
-    let folded = awq_layer(o, model, lw, &plan_of, stats);
-    *search_seconds += t.elapsed().as_secs_f64();
+    let folded = if plans.iter().flatten().any(|p| p.method.awq_search()) {
+        let t = Instant::now();
+        let f = awq_layer(o, model, lw, &plan_of, stats);
+        *search_seconds += t.elapsed().as_secs_f64();
+        f
+    } else {
+        HashMap::new()
+    };
     let mut out = Vec::new();
     let mut hessians: HashMap<Input, Vec<f64>> = HashMap::new();
     for (l, plan) in lw.linears.iter().zip(plans) {
