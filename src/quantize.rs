@@ -428,6 +428,14 @@ fn row_quantizer(p: LinearPlan, sym: bool, range: rtn::Range, imp: Vec<f32>, aw:
     }
 }
 
+/// Importance of an input's channels for the aware quantizers: E[x²] or E|x| (`--aware-weight`).
+fn importance(st: &InputStats, aw: AwareWeight) -> Vec<f32> {
+    match aw {
+        AwareWeight::MeanSq => st.mean_sq(),
+        AwareWeight::MeanAbs => st.mean_abs(),
+    }
+}
+
 /// Importance of a linear's input channels for the aware quantizers, after AWQ folded the
 /// channel scales `s` into the weight: the inputs become `x/s`, so `E[x²]` becomes `E[x²]/s²`
 /// and `E|x|` becomes `E|x|/s`.
@@ -460,10 +468,7 @@ fn awq_layer(
         let p = g.linears.iter().filter_map(|n| plan_of(n)).find(|p| p.method.awq_search())?;
         let imp = match p.method {
             Method::Awq => Vec::new(),
-            _ => match o.aware_weight {
-                AwareWeight::MeanSq => stats[&g.input].mean_sq(),
-                AwareWeight::MeanAbs => stats[&g.input].mean_abs(),
-            },
+            _ => importance(&stats[&g.input], o.aware_weight),
         };
         Some((awq::AwqConfig::new(p.bits, p.group_size, o.sym, o.awq_range), row_quantizer(p, o.sym, o.awq_range, imp, o.aware_weight)))
     };
@@ -492,10 +497,6 @@ fn quantize_layer(
 ) -> Result<Vec<Option<QTensor>>> {
     let specs = model.cfg.family.linears();
     let plan_of = |name: &str| specs.iter().position(|s| s.name == name).and_then(|i| plans[i]);
-    let importance = |st: &InputStats| match o.aware_weight {
-        AwareWeight::MeanSq => st.mean_sq(),
-        AwareWeight::MeanAbs => st.mean_abs(),
-    };
     // AWQ channel scales folded into each input's consumers (awq+statsq / awq+shift read them).
     let folded = if plans.iter().flatten().any(|p| p.method.awq_search()) {
         let t = Instant::now();
@@ -513,7 +514,13 @@ fn quantize_layer(
             continue;
         };
         let prefix = format!("model.layers.{}.{}", lw.index, l.spec.name);
-        let imp = || scaled_importance(&importance(&stats[&l.spec.input]), folded.get(&l.spec.input).map(|s| s.as_slice()), o.aware_weight);
+        let imp = || {
+            scaled_importance(
+                &importance(&stats[&l.spec.input], o.aware_weight),
+                folded.get(&l.spec.input).map(|s| s.as_slice()),
+                o.aware_weight,
+            )
+        };
         if p.method.needs(o).hessian && !hessians.contains_key(&l.spec.input) {
             let h = match layer_input {
                 // The input of q/k/v is the layer's own input: nothing quantized precedes it.
@@ -944,7 +951,7 @@ pub(crate) fn layer_out(
                     false => o.format.tensor_specs(&pl.want(o), l.out, l.inn),
                 };
                 for (suffix, dt, shape) in specs {
-                    let n = shape.iter().product::<usize>() * dt.bitsize() / 8;
+                    let n = crate::pack::spec_bytes(dt, &shape);
                     r.bits += 8 * n as u64;
                     r.tensors.push(OutTensor { name: format!("{prefix}.{suffix}"), dtype: dt, shape, data: vec![0; n] });
                 }
@@ -1100,7 +1107,7 @@ pub(crate) fn tail_tensors(model: &Model, o: &Options, tables: &[(&'static str, 
             None => out.push(model.ck.converted(&format!("{n}.weight"), fd)?),
             Some((_, p)) if dry_run => {
                 for (suffix, dt, shape) in Format::Lowbit.tensor_specs(&p.want(o), v, d) {
-                    let len = shape.iter().product::<usize>() * dt.bitsize() / 8;
+                    let len = crate::pack::spec_bytes(dt, &shape);
                     out.push(OutTensor { name: format!("{n}.{suffix}"), dtype: dt, shape, data: vec![0; len] });
                 }
             }

@@ -144,6 +144,11 @@ pub struct Want {
 /// One stored tensor of a packed module: name suffix, dtype, shape.
 pub type TensorSpec = (&'static str, Dtype, Vec<usize>);
 
+/// Stored bytes of a tensor of `dtype` and `shape` (what `--dry-run` and the size planner count).
+pub fn spec_bytes(dtype: Dtype, shape: &[usize]) -> usize {
+    shape.iter().product::<usize>() * dtype.bitsize() / 8
+}
+
 impl Layout {
     /// The `--format` value.
     pub fn name(self) -> &'static str {

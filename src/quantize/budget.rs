@@ -106,7 +106,7 @@ pub(crate) fn stored_bits(o: &Options, s: Setting, out: usize, inn: usize) -> Re
     o.format
         .check(&want, out, inn)
         .map_err(|e| anyhow!("--target-bpw: {} cannot hold {}-bit g{}: {e}", o.format.name(), s.bits, s.group_size))?;
-    Ok(o.format.tensor_specs(&want, out, inn).iter().map(|(_, dt, shape)| (shape.iter().product::<usize>() * dt.bitsize()) as u64).sum())
+    Ok(o.format.tensor_specs(&want, out, inn).iter().map(|(_, dt, shape)| 8 * crate::pack::spec_bytes(*dt, shape) as u64).sum())
 }
 
 /// Quantize one linear alone with a candidate (dequantized).
