@@ -1251,7 +1251,12 @@ pub(crate) fn write_output(
         f => f.hf_quantization_config(o.bits, o.group_size, o.act_order && !o.static_groups, o.sym, c.num_layers, &modules),
     };
     if let Some(p) = &o.plan_note {
-        cfg["quantization_config"]["plan"] = p.clone();
+        // The plan without the pass's wall time: the output's bytes depend only on the inputs.
+        let mut p = p.clone();
+        if let Some(m) = p.as_object_mut() {
+            m.remove("seconds");
+        }
+        cfg["quantization_config"]["plan"] = p;
     }
     cfg["torch_dtype"] = format!("{:?}", o.float_dtype)
         .to_lowercase()
