@@ -210,6 +210,7 @@ impl QuantSettings {
             plan_groups: vec![32, 128],
             plan_note: None,
             sensitivity_cache: None,
+            float_tables: false,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
@@ -315,6 +316,12 @@ pub struct QuantizeArgs {
     /// a file measured on other inputs is refused, not replaced.
     #[arg(help_heading = "Size budget", long, value_name = "FILE")]
     pub sensitivity_cache: Option<PathBuf>,
+    /// --target-bpw: keep the token embedding table (and an untied lm_head) at --float-dtype.
+    /// By default the plan also chooses their setting (float, or rtn at each --plan-bits ×
+    /// --plan-groups), scored in the linears' unit (docs/budget.md): at SmolLM2's size the tied
+    /// table is 21% of the parameters, and whole-model budgets under ~5 bpw need it quantized.
+    #[arg(help_heading = "Size budget", long)]
+    pub float_tables: bool,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(help_heading = "Output", long)]
@@ -623,6 +630,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     o.plan_bits = a.plan_bits.clone();
     o.plan_groups = a.plan_groups.clone();
     o.sensitivity_cache = a.sensitivity_cache.clone();
+    o.float_tables = a.float_tables;
     let mut pb: Option<Progress> = None;
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
         pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);

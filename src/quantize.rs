@@ -287,6 +287,9 @@ pub struct Options {
     /// `--target-bpw`: a file holding the sensitivity pass's measurements (read when it matches
     /// the inputs, written otherwise), so that several budgets share one pass.
     pub sensitivity_cache: Option<PathBuf>,
+    /// `--target-bpw`: keep the embedding table (and an untied lm_head) at `--float-dtype`
+    /// instead of planning them with the linears (`--float-tables`).
+    pub float_tables: bool,
     /// The plan that produced the overrides, written as `quantization_config.plan`.
     pub plan_note: Option<serde_json::Value>,
 }
@@ -655,7 +658,8 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
             }
         }
     }
-    if plans.iter().flatten().all(Option::is_none) {
+    // (Quantizing only a table, every linear skipped, is a plan: `--skip '.*' --override 'lm_head=rtn:4'`.)
+    if plans.iter().flatten().all(Option::is_none) && plan_tables(model, o)?.is_empty() {
         bail!("nothing to quantize: every linear is skipped or does not fit --format {}", o.format.name());
     }
     Ok(plans)
