@@ -281,6 +281,8 @@ pub struct Options {
     pub output_type: Option<GgmlType>,
     /// `--target-bpw`: whole-model bits per weight to plan per-linear settings for ([`budget`]).
     pub target_bpw: Option<f64>,
+    /// `--target-size`: the same as a whole-model size in bytes (stored tensor bytes).
+    pub target_size: Option<u64>,
     /// The bit widths and group sizes `--target-bpw` chooses from.
     pub plan_bits: Vec<u8>,
     pub plan_groups: Vec<usize>,
@@ -666,7 +668,7 @@ pub(crate) fn plan_layers(model: &Model, o: &Options) -> Result<Vec<Vec<Option<L
 }
 
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Summary> {
-    if o.target_bpw.is_some() {
+    if o.target_bpw.is_some() || o.target_size.is_some() {
         // Plan first (a sensitivity pass), then write the plan as per-linear overrides.
         let plan = budget::plan(model_dir, o, progress)?;
         let mut s = quantize(model_dir, &budget::apply(o, &plan)?, dry_run, progress)?;

@@ -353,3 +353,26 @@ fn target_bpw_plans_the_tables() {
         assert!(a < b, "{text}: plan {a} vs uniform {b}");
     }
 }
+
+#[test]
+fn target_size_is_a_byte_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("sized");
+    let p = quantize(&d, &["--target-size", "150kB"]);
+    assert_eq!(p["plan"]["target_size"].as_u64(), Some(150_000));
+    let st = std::fs::read(d.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let tensor_bytes = st.len() - 8 - header;
+    assert!(tensor_bytes <= 150_000 && tensor_bytes > 147_000, "{tensor_bytes}");
+    // Units, and refusals that name the flag.
+    let (m, o) = (s(&stories()), s(&tmp.path().join("o")));
+    for (size, want) in [("1x", "unknown unit"), ("0MB", "at least one byte"), ("MB", "expected a size")] {
+        let (code, _, err) = lowbit(&["quantize", "--model", &m, "--out", &o, "--target-size", size]);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.contains("--target-size") && err.contains(want), "{size}: {err}");
+    }
+    let (code, _, err) = lowbit(&["quantize", "--model", &m, "--out", &o, "--target-size", "1MiB", "--target-bpw", "4"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+    assert!(!tmp.path().join("o").exists());
+}

@@ -65,6 +65,9 @@ pub struct LinearChoice {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub target_bpw: f64,
+    /// `--target-size` in bytes, when the budget was given so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<u64>,
     /// Whole-model bits per weight of the plan (all stored bytes × 8 / all parameters).
     pub model_bpw: f64,
     pub bytes: u64,
@@ -502,7 +505,11 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
     let bpw = |b: u64| 8.0 * b as f64 / params as f64;
     let choice = budget_total.checked_sub(fixed).and_then(|b| choose(&loss, &bytes, b)).ok_or_else(|| {
         anyhow!(
-            "--target-bpw {target_bpw}: below the smallest plan of these candidates ({:.3} bpw: the linears{} at their smallest setting, what is kept at --float-dtype {:.3} bpw); the candidates reach {:.3}..{:.3} bpw",
+            "{}: below the smallest plan of these candidates ({:.3} bpw: the linears{} at their smallest setting, what is kept at --float-dtype {:.3} bpw); the candidates reach {:.3}..{:.3} bpw",
+            match o.target_size {
+                Some(b) => format!("--target-size {b} bytes ({target_bpw:.4} bpw)"),
+                None => format!("--target-bpw {target_bpw}"),
+            },
             bpw(min_bytes),
             if s.tables.is_empty() { "" } else { " and tables" },
             bpw(fixed),
@@ -552,6 +559,7 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
     Ok(Plan {
         uniform,
         target_bpw,
+        target_size: o.target_size,
         model_bpw: bpw(total),
         bytes: total,
         params,
@@ -576,6 +584,13 @@ pub fn candidates(o: &Options) -> Vec<Setting> {
 
 /// What `--target-bpw` accepts; checked before any work.
 pub(crate) fn validate(o: &Options) -> Result<()> {
+    if o.target_size.is_some() && o.target_bpw.is_some() {
+        bail!("--target-size and --target-bpw name the same budget: give one");
+    }
+    if o.target_size.is_some() {
+        // Checked as --target-bpw is (the size becomes bits per weight once the model is open).
+        return validate(&Options { target_size: None, target_bpw: Some(1.0), ..o.clone() });
+    }
     let Some(t) = o.target_bpw else { return Ok(()) };
     if !(t > 0.0 && t.is_finite()) {
         bail!("--target-bpw must be a positive number (got {t})");
@@ -608,6 +623,7 @@ pub(crate) fn validate(o: &Options) -> Result<()> {
 pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
     let mut p = o.clone();
     p.target_bpw = None;
+    p.target_size = None;
     p.overrides =
         plan.linears
             .iter()
@@ -626,8 +642,12 @@ pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
 /// Measure, choose and return the plan for `o.target_bpw` on the model at `model_dir`.
 pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Plan> {
     validate(o)?;
-    let target = o.target_bpw.expect("validated");
     let model = Model::open_dense(model_dir)?;
+    let target = match o.target_size {
+        // Whole-model bits per weight of that many stored bytes.
+        Some(b) => 8.0 * b as f64 / fixed_bytes(&model, o, &[]).1 as f64,
+        None => o.target_bpw.expect("validated"),
+    };
     model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
     super::check_finite_tail(&model)?;
     let tok = Tokenizer::from_dir(model_dir)?;
