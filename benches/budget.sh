@@ -120,7 +120,9 @@ row() { # name label
         echo
         echo "| model | bpw | wiki ppl | wiki KLD | ptb ppl | ptb KLD | wiki.test.raw ppl (llama.cpp conv.) |"
         echo "|---|---|---|---|---|---|---|"
-        for m in $SINGLE; do row "$m-$t" "$m, every linear ${bud%%/*}"; done
+        for m in rtn awq gptq awq+gptq; do
+            [ -s "$OUT/$m-$t.score" ] && row "$m-$t" "$m, every linear ${bud%%/*}"
+        done
         row "plan-$t" "**plan** (gptq candidates, \`--target-bpw\`)"
         echo
     done
