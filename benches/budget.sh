@@ -56,12 +56,15 @@ score() {
 # quant NAME ARGS...: one quantize run (kept when done), then its score.
 quant() {
     local d=$OUT/$1; shift
+    # Another run of this script (a second stream) holds the row: leave it to that one.
+    [ -s "$d.json" ] || mkdir "$d.lock" 2>/dev/null || { echo "$(basename "$d"): running elsewhere" >&2; return 0; }
     if [ ! -s "$d.json" ]; then
         echo "$(date -u +%H:%M) quantize $(basename "$d")" >&2
         $NICE $LOWBIT quantize --model "$MODEL" --out "$d" "${CALIB[@]}" --force --json "$@" > "$d.json.tmp"
         mv "$d.json.tmp" "$d.json"
     fi
     score "$d"
+    rmdir "$d.lock" 2>/dev/null || true
 }
 bpw_of() { python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["model_bpw"])' "$1"; }
 tag() { echo "w${1%%/*}-t${1##*/}" | tr ':' 'g'; }
