@@ -13,6 +13,7 @@ pub mod config;
 pub mod cuda;
 pub mod escape;
 pub mod eval;
+pub mod events;
 pub mod fuzz;
 pub mod gguf;
 pub mod linalg;

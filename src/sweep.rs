@@ -10,6 +10,7 @@
 
 use crate::checkpoint::Checkpointer;
 use crate::eval::{self, Convention, EvalResult};
+use crate::events::Events;
 use crate::model::Model;
 use crate::outdir::{OutDir, Source};
 use crate::quant::vptq::VptqConfig;
@@ -192,8 +193,8 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
     None
 }
 
-/// Run the sweep; `progress(done, total, what)` reports both phases.
-pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Report> {
+/// Run the sweep; `ev` gets the progress of both phases, the skipped combinations and warnings.
+pub fn sweep(model_dir: &Path, s: &SweepOptions, ev: &mut dyn Events) -> Result<Report> {
     let out = &s.base.out;
     for (c, e) in s
         .base
@@ -243,9 +244,9 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
         ));
     }
 
-    let tmp = od.create_tmp()?.to_path_buf();
-    let rep = run(model_dir, &model, &tok, &windows, &more, s, &tmp, progress)?;
-    od.commit()?;
+    let tmp = od.create_tmp(ev)?.to_path_buf();
+    let rep = run(model_dir, &model, &tok, &windows, &more, s, &tmp, ev)?;
+    od.commit(ev)?;
     Ok(rep)
 }
 
@@ -258,7 +259,7 @@ fn run(
     more: &[(String, eval::Windows)],
     s: &SweepOptions,
     tmp: &Path,
-    progress: &mut dyn FnMut(usize, usize, &str),
+    ev: &mut dyn Events,
 ) -> Result<Report> {
     let c = &model.cfg;
     let out_dims: Vec<usize> = c.family.linears().iter().map(|sp| model.linear_shape(sp).0).collect();
@@ -286,7 +287,7 @@ fn run(
                 continue;
             }
             o.out = tmp.join(&name);
-            let plans = quantize::plan_layers(model, &o)?;
+            let plans = quantize::plan_layers(model, &o, ev)?;
             let tables = quantize::plan_tables(model, &o)?;
             let dir = tmp.join(format!(".{name}.partial"));
             std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -305,7 +306,7 @@ fn run(
         }
     }
     for r in records.iter().filter(|r| r.skipped.is_some()) {
-        eprintln!("skipping {} {}-bit: {}", r.method, r.bits, r.skipped.as_deref().unwrap_or(""));
+        ev.note(&format!("skipping {} {}-bit: {}", r.method, r.bits, r.skipped.as_deref().unwrap_or("")));
     }
     if combos.is_empty() {
         bail!("nothing to sweep: every combination was skipped");
@@ -315,7 +316,7 @@ fn run(
     let (tokens, seqlen) = match (&s.base.calib, needs.any()) {
         (Some(p), true) => {
             crate::calib::check_budget(s.base.calib_samples, s.base.calib_seqlen, c.hidden_size)?;
-            (crate::calib::sample_calib(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
+            (crate::calib::sample_calib(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed, ev)?, s.base.calib_seqlen)
         }
         _ => (Vec::new(), 0),
     };
@@ -325,7 +326,7 @@ fn run(
     let mut h = if seqlen > 0 { model.embed(&tokens)? } else { Vec::new() };
     let mut calibration_seconds = t.elapsed().as_secs_f64();
     for i in 0..c.num_layers {
-        progress(i, c.num_layers, "quantizing");
+        ev.progress(i, c.num_layers, "quantizing");
         let t = Instant::now();
         let lw = model.load_layer(i)?;
         quantize::check_finite_layer(&lw)?;
@@ -338,6 +339,9 @@ fn run(
             let mut l = lw.clone();
             let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, h_in.as_deref().map(|x| (x, seqlen)), false)
                 .with_context(|| k.name.clone())?;
+            for w in &r.warnings {
+                ev.warn(w);
+            }
             k.ckpt.write_tensors(i, &r.tensors)?;
             k.bits += r.bits;
             k.weights += r.weights;
@@ -348,16 +352,16 @@ fn run(
         model.ck.release_pages();
     }
     drop(h);
-    progress(c.num_layers, c.num_layers, "writing");
+    ev.progress(c.num_layers, c.num_layers, "writing");
     for k in &mut combos {
         let t = Instant::now();
         let mut tensors = Vec::new();
         for i in 0..c.num_layers {
             tensors.extend(k.ckpt.read_layer(i)?);
         }
-        let (tail, tail_meta) = quantize::tail_tensors(model, &k.o, &k.tables, false)?;
-        tensors.extend(tail);
-        k.meta.modules.extend(tail_meta);
+        let tail = quantize::tail_tensors(model, &k.o, &k.tables, false)?;
+        tensors.extend(tail.tensors);
+        k.meta.modules.extend(tail.meta);
         quantize::check_finite_output(&tensors).with_context(|| k.name.clone())?;
         quantize::write_output(model_dir, model, &k.o, &k.ckpt.dir, &tensors, &k.meta, &k.plans)?;
         // Each checkpoint is a lowbit output of its own (manifest included), moved into place
@@ -381,7 +385,7 @@ fn run(
         let refs: Vec<&Model> = opened.iter().collect();
         let what = if passes > 1 { format!("scoring {}/{passes}", p + 1) } else { "scoring".to_string() };
         let what = format!("{what} tokens");
-        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| progress(done, total, &what))?;
+        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| ev.progress(done, total, &what))?;
         fp = fp.or(f);
         results.extend(r);
     }
@@ -395,7 +399,7 @@ fn run(
             let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
             let refs: Vec<&Model> = opened.iter().collect();
             let what = format!("scoring {} tokens", Path::new(text).file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-            let (f, r) = eval::perplexity_many(Some(model), &refs, w, &mut |d, t| progress(d, t, &what))?;
+            let (f, r) = eval::perplexity_many(Some(model), &refs, w, &mut |d, t| ev.progress(d, t, &what))?;
             f_text = f_text.or(f);
             for (i, x) in r.into_iter().enumerate() {
                 more_results[done + i].push(x);

@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use lowbit::calib::{allocate, load_recipe, sample_calib, sample_tokens, Calib, Part};
+use lowbit::events::Quiet;
 use lowbit::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +34,7 @@ fn a_mix_draws_each_share_from_its_own_text() {
     let (ia, ib) = (ids(&a), ids(&b));
     let c = Calib { parts: vec![Part { path: a.clone(), weight: 3.0 }, Part { path: b.clone(), weight: 1.0 }], recipe: None };
     let seq = 64;
-    let t = sample_calib(&tok, &c, 12, seq, 7).unwrap();
+    let t = sample_calib(&tok, &c, 12, seq, 7, &mut Quiet).unwrap();
     assert_eq!(t.len(), 12 * seq);
     let (mut na, mut nb) = (0, 0);
     for w in t.chunks(seq) {
@@ -48,10 +49,13 @@ fn a_mix_draws_each_share_from_its_own_text() {
     let first: Vec<bool> = t.chunks(seq).map(|w| contains(&ia, w)).collect();
     assert!(first.windows(2).filter(|p| p[0] != p[1]).count() > 1, "{first:?}");
     // Seeded: the same seed gives the same tokens, another seed others.
-    assert_eq!(t, sample_calib(&tok, &c, 12, seq, 7).unwrap());
-    assert_ne!(t, sample_calib(&tok, &c, 12, seq, 8).unwrap());
+    assert_eq!(t, sample_calib(&tok, &c, 12, seq, 7, &mut Quiet).unwrap());
+    assert_ne!(t, sample_calib(&tok, &c, 12, seq, 8, &mut Quiet).unwrap());
     // One file is the plain sampler.
-    assert_eq!(sample_calib(&tok, &Calib::file(&a), 5, seq, 3).unwrap(), sample_tokens(&tok, &a, 5, seq, 3).unwrap());
+    assert_eq!(
+        sample_calib(&tok, &Calib::file(&a), 5, seq, 3, &mut Quiet).unwrap(),
+        sample_tokens(&tok, &a, 5, seq, 3, &mut Quiet).unwrap()
+    );
 }
 
 #[test]

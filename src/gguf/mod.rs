@@ -40,7 +40,7 @@ const MAX_ARRAY_DEPTH: usize = 4;
 // Types
 
 /// A ggml tensor type id, as stored in a GGUF tensor info.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct GgmlType(pub u32);
 
 impl GgmlType {
