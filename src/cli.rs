@@ -6,7 +6,6 @@ mod progress;
 pub use commands::run;
 pub use progress::StderrEvents;
 
-use crate::eval::Convention;
 use crate::quantize::{AwareWeight, Format, Method};
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
@@ -348,8 +347,8 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub eval_ctx: usize,
     /// Eval convention (see `lowbit eval --help`).
-    #[arg(long, value_enum, default_value_t = Convention::Windows)]
-    pub convention: Convention,
+    #[arg(long, value_enum, default_value_t = ConventionArg::Windows)]
+    pub convention: ConventionArg,
     /// Score at most this many windows from the start.
     #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
@@ -440,8 +439,8 @@ pub struct EvalArgs {
     pub ctx: usize,
     /// windows: score every prediction of non-overlapping windows (GPTQ/AWQ papers);
     /// llamacpp: llama-perplexity's (BOS-first windows, second half scored).
-    #[arg(long, value_enum, default_value_t = Convention::Windows)]
-    pub convention: Convention,
+    #[arg(long, value_enum, default_value_t = ConventionArg::Windows)]
+    pub convention: ConventionArg,
     /// Score at most this many windows from the start.
     #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
@@ -462,4 +461,20 @@ pub struct InspectArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--convention`: [`crate::eval::Convention`] on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConventionArg {
+    Windows,
+    Llamacpp,
+}
+
+impl From<ConventionArg> for crate::eval::Convention {
+    fn from(c: ConventionArg) -> Self {
+        match c {
+            ConventionArg::Windows => crate::eval::Convention::Windows,
+            ConventionArg::Llamacpp => crate::eval::Convention::Llamacpp,
+        }
+    }
 }

@@ -461,8 +461,20 @@ fn run(
     };
     crate::st_write::write_atomic(&tmp.join("results.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::st_write::write_atomic(&tmp.join("results.md"), markdown(&report).as_bytes())?;
-    crate::st_write::write_atomic(&tmp.join("plot.svg"), crate::plot::svg(&report)?.as_bytes())?;
+    crate::st_write::write_atomic(&tmp.join("plot.svg"), crate::plot::svg(&chart(&report))?.as_bytes())?;
     Ok(report)
+}
+
+/// The plot's data: the scored combinations' bits per weight and perplexity.
+fn chart(r: &Report) -> crate::plot::Chart<'_> {
+    crate::plot::Chart {
+        model: &r.model,
+        eval_text: &r.eval_text,
+        eval_ctx: r.eval_ctx,
+        fp_ppl: r.fp.ppl,
+        fp_bits: r.fp.bits,
+        points: r.records.iter().filter(|x| x.skipped.is_none()).map(|x| (x.method.as_str(), x.bpw, x.ppl)).collect(),
+    }
 }
 
 /// The results table (and the settings) as Markdown.

@@ -5,6 +5,7 @@ use super::*;
 use crate::eval;
 use crate::mem::fmt_bytes;
 use crate::tokenizer::Tokenizer;
+use crate::verify;
 use anyhow::{anyhow, Result};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,7 +46,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         None => Tokenizer::from_dir(&a.model)?,
     };
     let text = crate::calib::read_text(&a.text)?;
-    let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
+    let convention = eval::Convention::from(a.convention);
+    let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, convention, a.max_windows)?;
     let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
     let mut pb: Option<Progress> = None;
     let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |done, total| {
@@ -58,12 +60,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.model.display().to_string().into();
         v["text"] = a.text.display().to_string().into();
-        v["convention"] = serde_json::to_value(a.convention)?;
+        v["convention"] = serde_json::to_value(convention)?;
         println!("{v}");
     } else {
         println!("ppl            {:.4}", r.ppl);
         println!("mean NLL       {:.6}", r.mean_nll);
-        println!("tokens scored  {} ({} windows of {}, {:?})", r.tokens_scored, r.windows, r.ctx, a.convention);
+        println!("tokens scored  {} ({} windows of {}, {:?})", r.tokens_scored, r.windows, r.ctx, convention);
         if let (Some(k), Some(t)) = (r.kld, r.top1_agreement) {
             println!("KL divergence  {k:.6} (vs {})", a.reference.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
             println!("top-1 agree    {:.4}", t);
@@ -154,7 +156,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
 
 fn cmd_verify(a: VerifyArgs) -> Result<()> {
     let re = a.layers.as_deref().map(regex::Regex::new).transpose().map_err(|e| anyhow!("--layers: invalid regex: {e}"))?;
-    match crate::verify::command(&a.model, re.as_ref(), &a.batch, a.json)? {
+    match verify_command(&a.model, re.as_ref(), &a.batch, a.json)? {
         0 => Ok(()),
         code => std::process::exit(code),
     }
@@ -171,7 +173,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         eval_text: a.eval_text[0].clone(),
         more_eval_texts: a.eval_text[1..].to_vec(),
         eval_ctx: a.eval_ctx,
-        convention: a.convention,
+        convention: a.convention.into(),
         max_windows: a.max_windows,
         discard_models: a.discard_models,
         score_memory: a.score_memory_mb << 20,
@@ -187,4 +189,59 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         println!("\nwrote {}/results.json, results.md, plot.svg", a.out.display());
     }
     Ok(())
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.prec$}"))
+}
+
+/// `lowbit verify`: returns the process exit code (0, [`verify::EXIT_MISMATCH`], [`verify::EXIT_NO_GPU`]);
+/// input errors are returned as errors (exit 2).
+fn verify_command(dir: &std::path::Path, layers: Option<&regex::Regex>, batches: &[usize], json: bool) -> Result<i32> {
+    verify::check_batches(batches)?;
+    let selected = verify::select(dir, layers)?;
+    if !crate::cuda::gpu_available() {
+        eprintln!("error: no CUDA GPU available (libcuda not found or no device); lowbit verify needs an NVIDIA GPU");
+        return Ok(verify::EXIT_NO_GPU);
+    }
+    let mut gpu = crate::cuda::GpuVerifier::new(0)?;
+    gpu.iters = 5;
+    let d = gpu.device();
+    eprintln!("device: {} (sm_{}{}), {} SMs; {} layers x {} batch sizes", d.name, d.cc.0, d.cc.1, d.sms, selected.len(), batches.len());
+    if !json {
+        println!(
+            "{:<44} {:<26} {:>5} {:>10} {:>10} {:>9} {:>9} {:>7} {:>8} {:>6} {:>4}",
+            "layer", "kernel", "batch", "max rel err", "after timing", "us", "cuBLAS us", "speedup", "GB/s", "% peak", "ok"
+        );
+    }
+    let rows = verify::verify(&gpu, dir, &selected, batches, &mut |r| {
+        if !json {
+            println!(
+                "{:<44} {:<26} {:>5} {:>10.2e} {:>10.2e} {:>9.1} {:>9} {:>7} {:>8.1} {:>6.1} {:>4}",
+                r.layer,
+                r.kind,
+                r.batch,
+                r.max_rel_err,
+                r.max_rel_err_after_timing,
+                r.kernel_us,
+                opt(r.cublas_us, 1),
+                opt(r.speedup, 2),
+                r.gbps,
+                r.pct_of_peak,
+                if r.ok { "ok" } else { "FAIL" }
+            );
+        }
+    })?;
+    for o in gpu.kernel_origins() {
+        eprintln!("kernel image {o}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    if let Err(e) = verify::judge(&rows) {
+        eprintln!("error: {}: {e:#}", dir.display());
+        return Ok(verify::EXIT_MISMATCH);
+    }
+    eprintln!("verified {} results: all within {:e} of the CPU reference", rows.len(), verify::TOLERANCE);
+    Ok(0)
 }
