@@ -5,10 +5,12 @@
 //! This file holds the methods and how a layer's linears are quantized with them; the pipeline
 //! is in the submodules: [`options`] (settings, `--override`, checks), [`plan`] (every linear's
 //! plan and the tables), [`layers`] (the layer loop), [`resume`] (fingerprint and checkpoint
-//! choice), [`output`] (the written files), [`pipeline`] (the driver), [`budget`]
-//! (`--target-bpw`), [`gguf`] (GGUF block types), `sequential` (`--true-sequential`).
+//! choice), [`output`] (the written files), [`pipeline`] (the driver), [`combos`] (`lowbit
+//! sweep`'s driver: several option sets from one calibration pass), [`budget`] (`--target-bpw`),
+//! [`gguf`] (GGUF block types), `sequential` (`--true-sequential`).
 
 pub mod budget;
+mod combos;
 pub mod gguf;
 mod layers;
 mod options;
@@ -18,13 +20,12 @@ mod plan;
 mod resume;
 mod sequential;
 
+pub(crate) use combos::{quantize_combos, Combo};
 pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
 pub(crate) use layers::{calibrate_layer, check_finite_layer, check_finite_tail, layer_out};
 pub use options::{validate, Options, Override};
 pub use output::module_meta;
-pub(crate) use output::{check_finite_output, tail_tensors, write_output};
 pub use pipeline::{quantize, Summary};
-pub(crate) use plan::plan_layers;
 pub use plan::{plan_tables, TABLES};
 
 use crate::arch::Input;

@@ -260,7 +260,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions, ev: &mut dyn E
     let tmp = od.create_tmp(ev)?.to_path_buf();
     let st = tmp.join("model.safetensors");
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    crate::quantize::check_finite_output(&outs)?;
+    crate::st_write::check_finite_output(&outs)?;
     write_safetensors(&st, &outs, Some(meta))?;
     drop(outs);
     report.safetensors_bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);

@@ -147,21 +147,6 @@ pub(crate) fn write_output(
     checkpoint::remove_checkpoints(tmp)
 }
 
-/// Every float tensor of the output is finite (a non-finite source weight, or a finite one that
-/// overflows --float-dtype f16, would otherwise be written and only show up as NaN at eval).
-pub(crate) fn check_finite_output(tensors: &[OutTensor]) -> Result<()> {
-    for t in tensors {
-        if let Some(i) = crate::weights::first_non_finite(t.dtype, &t.data) {
-            bail!(
-                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (choose a wider float type)",
-                escape::text(&t.name),
-                t.dtype
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Per-module metadata of a lowbit output, for inspect.
 pub fn module_meta(cfg: &serde_json::Value) -> Option<BTreeMap<String, LowbitModuleMeta>> {
     serde_json::from_value::<LowbitQuantConfig>(cfg.get("quantization_config")?.clone()).ok().map(|q| q.modules)

@@ -3,7 +3,7 @@
 
 use super::gguf::gguf_fallbacks;
 use super::layers::{check_finite_tail, Run, RunOut};
-use super::output::{check_finite_output, check_gguf_out, write_output};
+use super::output::{check_gguf_out, write_output};
 use super::plan::{packed_modules, plan_layers, plan_tables};
 use super::{budget, resume, validate, Format, Options, DEFAULT_GGUF_TYPE};
 use crate::escape;
@@ -11,6 +11,7 @@ use crate::events::Events;
 use crate::model::Model;
 use crate::outdir::{OutDir, Source};
 use crate::pack::SizeCount;
+use crate::st_write::check_finite_output;
 use crate::stats::Needs;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Result};
