@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use lowbit::calib::{allocate, load_recipe, sample_calib, sample_tokens, Calib, Part};
-use lowbit::events::Quiet;
+use lowbit::events::{Collect, Quiet};
 use lowbit::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -169,4 +169,26 @@ fn quantize_with_a_recipe_and_a_mix() {
     let s3 =
         run(&tmp.path().join("c"), &["--calib", recipe.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--calib-samples", "3"]);
     assert_eq!(s3["calib_tokens"], 3 * 64);
+}
+
+/// The sampler reports through the caller's events (the library prints nothing): a text shorter
+/// than the windows asked for, and a mix part too small to get a window, are warnings there.
+#[test]
+fn sampler_warnings_go_to_the_events() {
+    let tok = Tokenizer::from_dir(&stories()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time there was a little cat who liked to play in the sun.\n").unwrap();
+    let mut ev = Collect::default();
+    let t = sample_tokens(&tok, &short, 50, 8, 0, &mut ev).unwrap();
+    assert_eq!(t.len(), 50 * 8);
+    assert_eq!(ev.warnings.len(), 1, "{:?}", ev.warnings);
+    assert!(ev.warnings[0].ends_with("× --calib-seqlen 8; the 50 windows will overlap"), "{:?}", ev.warnings);
+    assert!(ev.notes.is_empty());
+
+    let big = shared("data/tinyshakespeare/input.txt");
+    let c = Calib { parts: vec![Part { path: big, weight: 1000.0 }, Part { path: short.clone(), weight: 1.0 }], recipe: None };
+    let mut ev = Collect::default();
+    sample_calib(&tok, &c, 4, 64, 0, &mut ev).unwrap();
+    assert_eq!(ev.warnings, vec![format!("{}: gets no window of the 4 (proportion 1)", short.display())]);
 }
