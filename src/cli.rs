@@ -65,6 +65,29 @@ fn at_least<const MIN: usize>(s: &str) -> std::result::Result<usize, String> {
     Ok(v)
 }
 
+/// A size in bytes: a number with an optional unit, decimal (kB, MB, GB) or binary (KiB, MiB, GiB).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?}: expected a size such as 60MB, 57.2MiB or 60000000"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, kB, MB, GB, KiB, MiB, GiB)")),
+    };
+    let b = v * mult;
+    if !(b >= 1.0 && b.is_finite()) {
+        return Err(format!("{s:?}: must be at least one byte"));
+    }
+    Ok(b.floor() as u64)
+}
+
 /// Settings shared by `quantize` and `sweep`.
 #[derive(Args)]
 pub struct QuantSettings {
@@ -206,10 +229,12 @@ impl QuantSettings {
             token_embd_type: self.token_embedding_type,
             output_type: self.output_tensor_type,
             target_bpw: None,
+            target_size: None,
             plan_bits: vec![2, 3, 4, 5, 6, 8],
             plan_groups: vec![32, 128],
             plan_note: None,
             sensitivity_cache: None,
+            float_tables: false,
             vptq: crate::quant::vptq::VptqConfig {
                 vector_len: self.vector_len,
                 centroids: self.centroids,
@@ -304,6 +329,11 @@ pub struct QuantizeArgs {
     /// size (docs/budget.md). The plan is written into config.json's quantization_config.plan.
     #[arg(help_heading = "Size budget", long, value_name = "BPW")]
     pub target_bpw: Option<f64>,
+    /// The best model of this size: --target-bpw given as the stored tensor bytes instead (e.g.
+    /// 60MB, 57.2MiB, 60000000; the few kilobytes of safetensors header, config.json and the
+    /// tokenizer are not counted). The plan's bits per weight are SIZE × 8 / all parameters.
+    #[arg(help_heading = "Size budget", long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "target_bpw")]
+    pub target_size: Option<u64>,
     /// --target-bpw: the bit widths to choose from, comma-separated.
     #[arg(help_heading = "Size budget", long, value_delimiter = ',', default_values_t = vec![2u8, 3, 4, 5, 6, 8], value_parser = clap::value_parser!(u8).range(2..=8))]
     pub plan_bits: Vec<u8>,
@@ -315,6 +345,12 @@ pub struct QuantizeArgs {
     /// a file measured on other inputs is refused, not replaced.
     #[arg(help_heading = "Size budget", long, value_name = "FILE")]
     pub sensitivity_cache: Option<PathBuf>,
+    /// --target-bpw: keep the token embedding table (and an untied lm_head) at --float-dtype.
+    /// By default the plan also chooses their setting (float, or rtn at each --plan-bits ×
+    /// --plan-groups), scored in the linears' unit (docs/budget.md): at SmolLM2's size the tied
+    /// table is 21% of the parameters, and whole-model budgets under ~5 bpw need it quantized.
+    #[arg(help_heading = "Size budget", long)]
+    pub float_tables: bool,
     /// Continue an interrupted run (crash, kill -9) from its last finished layer; refused when the
     /// model, calibration or flags differ. The result is byte-identical to an uninterrupted run.
     #[arg(help_heading = "Output", long)]

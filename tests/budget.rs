@@ -254,3 +254,125 @@ fn sensitivity_cache_is_reused_only_for_the_same_inputs() {
 fn f64_of(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
+
+/// Spearman's rank correlation of two equally long lists (no ties expected).
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let rank = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        for (k, &i) in idx.iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    let n = a.len() as f64;
+    1.0 - 6.0 * ra.iter().zip(&rb).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / (n * (n * n - 1.0))
+}
+
+#[test]
+fn target_bpw_plans_the_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("sens.json");
+    let (m, c) = (s(&stories()), s(&cache));
+    // 5 bpw is below what the linears can reach with float tables (they alone are 3.6 bpw of
+    // stories260K, so the floor is 5.45): refused with --float-tables, planned without.
+    let dry = s(&tmp.path().join("dry"));
+    let mut args = vec!["quantize", "--model", &m, "--out", &dry, "--target-bpw", "5", "--float-tables", "--dry-run"];
+    args.extend(CALIB);
+    let (code, _, err) = lowbit(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("below the smallest plan"), "{err}");
+    let planned = tmp.path().join("planned");
+    let p = quantize(&planned, &["--target-bpw", "5", "--sensitivity-cache", &c]);
+    let bpw = file_bpw(&planned);
+    assert!(bpw <= 5.0 && bpw > 4.95, "{bpw}");
+    // The tables' choices are in the plan and are what config.json's modules store.
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(planned.join("config.json")).unwrap()).unwrap();
+    let q = &cfg["quantization_config"];
+    let tables = q["plan"]["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 2, "stories260K's lm_head is not tied: {tables:?}");
+    let mut quantized_tables = 0;
+    for t in tables {
+        let name = t["name"].as_str().unwrap();
+        match t["bits"].as_u64() {
+            Some(b) => {
+                quantized_tables += 1;
+                assert_eq!(q["modules"][name]["bits"].as_u64(), Some(b), "{name}");
+                assert_eq!(q["modules"][name]["group_size"], t["group_size"], "{name}");
+            }
+            None => assert!(q["modules"][name].is_null(), "{name} kept in float"),
+        }
+    }
+    assert!(quantized_tables > 0, "at 5 bpw a table must be quantized: {tables:?}");
+    // The table losses: 0 in float, falling with the bits at a fixed group size, and ranking the
+    // settings as the measured KL divergence of the model with only that table quantized does.
+    let sens: Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    for t in sens["tables"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let settings = t["settings"].as_array().unwrap();
+        let loss: Vec<f64> = t["loss"].as_array().unwrap().iter().map(f64_of).collect();
+        assert!(settings[0].is_null() && loss[0] == 0.0);
+        let (mut predicted, mut measured) = (Vec::new(), Vec::new());
+        for (k, st) in settings.iter().enumerate().skip(1) {
+            let (b, g) = (st["bits"].as_u64().unwrap(), st["group_size"].as_u64().unwrap());
+            if g != 128 || b == 8 {
+                continue;
+            }
+            predicted.push(loss[k]);
+            let d = tmp.path().join(format!("{}-{b}", name.replace('.', "_")));
+            let ov = format!("^{}$=rtn:{b}:128", regex::escape(name));
+            quantize(&d, &["--skip", ".*", "--override", &ov]);
+            measured.push(kld(&d, "data/tinystories/TinyStories-valid.partial.txt"));
+        }
+        eprintln!("{name}: predicted {predicted:?}, measured KLD {measured:?}");
+        assert!(predicted.len() >= 4 && predicted.windows(2).all(|w| w[0] > w[1]), "{name}: {predicted:?}");
+        assert!(spearman(&predicted, &measured) > 0.99, "{name}: {predicted:?} vs {measured:?}");
+    }
+    // Better than every linear and table at one setting of no larger size, on two texts.
+    let uni = p["plan"]["uniform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| f64_of(&u["model_bpw"]) <= 5.0)
+        .max_by(|a, b| f64_of(&a["model_bpw"]).total_cmp(&f64_of(&b["model_bpw"])))
+        .unwrap()
+        .clone();
+    let (b, g) = (uni["bits"].to_string(), uni["group_size"].to_string());
+    let table = format!("rtn:{b}:{g}");
+    let ud = tmp.path().join("uniform");
+    let u = quantize(
+        &ud,
+        &["--bits", &b, "--group-size", &g, "--override", &format!("embed_tokens={table}"), "--override", &format!("lm_head={table}")],
+    );
+    assert!((f64_of(&u["model_bpw"]) - f64_of(&uni["model_bpw"])).abs() < 1e-9, "the plan's size count of the uniform setting");
+    for text in ["data/tinystories/TinyStories-valid.partial.txt", "data/wikitext2/wiki.test.raw"] {
+        let (a, b) = (kld(&planned, text), kld(&ud, text));
+        eprintln!("{text}: plan KLD {a:.5}, uniform {uni} {b:.5}");
+        assert!(a < b, "{text}: plan {a} vs uniform {b}");
+    }
+}
+
+#[test]
+fn target_size_is_a_byte_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("sized");
+    let p = quantize(&d, &["--target-size", "150kB"]);
+    assert_eq!(p["plan"]["target_size"].as_u64(), Some(150_000));
+    let st = std::fs::read(d.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let tensor_bytes = st.len() - 8 - header;
+    assert!(tensor_bytes <= 150_000 && tensor_bytes > 147_000, "{tensor_bytes}");
+    // Units, and refusals that name the flag.
+    let (m, o) = (s(&stories()), s(&tmp.path().join("o")));
+    for (size, want) in [("1x", "unknown unit"), ("0MB", "at least one byte"), ("MB", "expected a size")] {
+        let (code, _, err) = lowbit(&["quantize", "--model", &m, "--out", &o, "--target-size", size]);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.contains("--target-size") && err.contains(want), "{size}: {err}");
+    }
+    let (code, _, err) = lowbit(&["quantize", "--model", &m, "--out", &o, "--target-size", "1MiB", "--target-bpw", "4"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+    assert!(!tmp.path().join("o").exists());
+}

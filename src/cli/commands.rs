@@ -102,9 +102,11 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     o.resume = a.resume;
     o.propagate_fp = a.propagate_fp;
     o.target_bpw = a.target_bpw;
+    o.target_size = a.target_size;
     o.plan_bits = a.plan_bits.clone();
     o.plan_groups = a.plan_groups.clone();
     o.sensitivity_cache = a.sensitivity_cache.clone();
+    o.float_tables = a.float_tables;
     let mut ev = StderrEvents::one_bar();
     let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut ev)?;
     ev.finish();

@@ -8,14 +8,20 @@
 //!    squared change of the block's output divided by the mean square of the residual stream at
 //!    the layer's input (a relative perturbation of the residual stream, comparable across
 //!    layers).
+//!    The stored tables (the token embedding; an untied lm_head) are items of the plan too
+//!    (unless `--float-tables`): float, or rtn at each candidate's bits × group. Their loss is in
+//!    the same unit, a relative perturbation: the embedding's is the mean over calibration tokens
+//!    of ‖ΔE_t‖² / ‖E_t‖² (the residual stream at the first layer is the embedding), lm_head's the
+//!    mean of ‖Δz_t‖² / ‖z_t‖² for the logits z_t of the final hidden states, both centred over
+//!    the vocabulary (softmax ignores a common shift); a tied table pays both.
 //! 2. Choice: the summed predicted loss is minimised under the byte budget, a multiple-choice
 //!    knapsack solved by dynamic programming over the bytes ([`choose`]), then the bytes left by
 //!    its rounding are spent greedily on the upgrades with the best loss saved per byte.
 //! 3. The plan becomes one `--override` per linear and the ordinary quantize run writes it; the
 //!    plan (settings, bytes, predicted losses) goes into the output's `quantization_config.plan`.
 //!
-//! Sizes come from [`stored_bits`], the one place that asks the layout; embeddings, norms and
-//! lm_head are counted at `--float-dtype`.
+//! Sizes come from [`stored_bits`], the one place that asks the layout; norms (and with
+//! `--float-tables` the tables) are counted at `--float-dtype`.
 
 use super::{calibrate_layer, LinearPlan, Method, Options, Override};
 use crate::events::Events;
@@ -60,15 +66,20 @@ pub struct LinearChoice {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub target_bpw: f64,
+    /// `--target-size` in bytes, when the budget was given so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<u64>,
     /// Whole-model bits per weight of the plan (all stored bytes × 8 / all parameters).
     pub model_bpw: f64,
     pub bytes: u64,
     pub params: u64,
     /// Σ of the linears' predicted losses.
     pub predicted_loss: f64,
-    /// Bytes outside the quantized linears (embeddings, norms, biases, lm_head).
+    /// Bytes outside the planned items (norms, biases; the tables with `--float-tables`).
     pub fixed_bytes: u64,
     pub linears: Vec<LinearChoice>,
+    /// The stored tables' choices (empty with `--float-tables`).
+    pub tables: Vec<TableChoice>,
     /// Every candidate applied to every linear: its size and predicted loss (the single-setting
     /// plans the chosen one competes with).
     pub uniform: Vec<UniformPlan>,
@@ -76,7 +87,30 @@ pub struct Plan {
     pub seconds: f64,
 }
 
-/// One setting for every linear.
+/// The chosen setting of a stored table: rtn at `setting`, or float (`setting` absent).
+#[derive(Clone, Debug, Serialize)]
+pub struct TableChoice {
+    pub name: String,
+    #[serde(flatten)]
+    pub setting: Option<Setting>,
+    /// The float type of a table kept in float.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub float_dtype: Option<String>,
+    pub bytes: u64,
+    pub predicted_loss: f64,
+}
+
+/// Measured losses of a stored table for each of its settings (`None`: kept in float, loss 0).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct TableSensitivity {
+    pub name: String,
+    pub shape: (usize, usize),
+    pub settings: Vec<Option<Setting>>,
+    pub loss: Vec<f64>,
+}
+
+/// One setting for every linear (and, when the tables are planned, rtn at its bits and group
+/// for the tables).
 #[derive(Clone, Debug, Serialize)]
 pub struct UniformPlan {
     #[serde(flatten)]
@@ -93,6 +127,9 @@ pub struct Sensitivity {
     pub candidates: Vec<Setting>,
     /// `[linear][candidate]` predicted loss.
     pub loss: Vec<Vec<f64>>,
+    /// The stored tables' losses (empty with `--float-tables`).
+    #[serde(default)]
+    pub tables: Vec<TableSensitivity>,
     pub seconds: f64,
     /// Digest of everything the losses depend on (model files, calibration tokens, options).
     #[serde(default)]
@@ -200,14 +237,142 @@ pub fn sensitivities(
         }
         model.ck.release_pages();
     }
-    Ok(Sensitivity { names, shapes, candidates: candidates.to_vec(), loss, seconds: t0.elapsed().as_secs_f64(), key: String::new() })
+    let tables = if o.float_tables {
+        Vec::new()
+    } else {
+        ev.progress(c.num_layers, c.num_layers, "measuring table sensitivities");
+        table_sensitivities(model, o, candidates, tokens, &h, seqlen)?
+    };
+    Ok(Sensitivity {
+        names,
+        shapes,
+        candidates: candidates.to_vec(),
+        loss,
+        tables,
+        seconds: t0.elapsed().as_secs_f64(),
+        key: String::new(),
+    })
 }
 
-/// Bytes outside the quantized linears and the model's parameter count: every checkpoint tensor
-/// that is not a decoder-layer linear weight, at `--float-dtype`.
-fn fixed_bytes(model: &Model, o: &Options, linear_names: &[String]) -> (u64, u64) {
+/// The stored tables and the settings the plan chooses among for them: float, then rtn at each
+/// candidate's bits × group (once each).
+fn table_settings(model: &Model, o: &Options, candidates: &[Setting]) -> Vec<(&'static str, Vec<Option<Setting>>)> {
+    if o.float_tables {
+        return Vec::new();
+    }
+    let mut settings = vec![None];
+    for s in candidates {
+        let t = Some(Setting { method: Method::Rtn, bits: s.bits, group_size: s.group_size });
+        if !settings.contains(&t) {
+            settings.push(t);
+        }
+    }
+    let names: &[&'static str] = if model.cfg.tie_word_embeddings { &super::TABLES[..1] } else { &super::TABLES };
+    names.iter().map(|n| (*n, settings.clone())).collect()
+}
+
+/// Rows of logits computed at a time in [`table_sensitivities`] (a `rows × vocab` block).
+const LOGIT_ROWS: usize = 256;
+
+/// Losses of quantizing the stored tables (module doc): the embedding's over every calibration
+/// token, lm_head's over the final hidden states `h_final` of the windows the blocks are re-run
+/// on (`--search-tokens`).
+fn table_sensitivities(
+    model: &Model,
+    o: &Options,
+    candidates: &[Setting],
+    tokens: &[u32],
+    h_final: &[f32],
+    seqlen: usize,
+) -> Result<Vec<TableSensitivity>> {
+    let c = &model.cfg;
+    let (v, d) = (c.vocab_size, c.hidden_size);
+    let tied = c.tie_word_embeddings;
+    let sq = |a: &[f32]| a.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>();
+    // How often each vocabulary row is read as an input embedding.
+    let mut count = vec![0u64; v];
+    for &t in tokens {
+        count[t as usize] += 1;
+    }
+    // The final normed hidden states of the kept windows.
+    let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
+    let x: Vec<f32> = keep
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k)
+        .flat_map(|(w, _)| h_final[w * seqlen * d..(w + 1) * seqlen * d].iter().copied())
+        .collect();
+    let norm = model.ck.f32_shaped("model.norm.weight", &[d])?;
+    let xn = crate::linalg::rms_norm(&x, &norm, c.rms_norm_eps);
+    let rows = xn.len() / d;
+    let centred = |z: &mut [f32]| {
+        for r in z.chunks_mut(v) {
+            let m = (r.iter().map(|x| *x as f64).sum::<f64>() / v as f64) as f32;
+            r.iter_mut().for_each(|x| *x -= m);
+        }
+    };
+    // The mean over the kept rows of ‖Δz_t‖² / G for the weight change `dw` of table `w`, where
+    // G = ‖C·W·diag(g)‖²_F (C centres over the vocabulary, g the final norm's weight) is the
+    // logits' expected ‖Δz‖² for a residual-stream change of relative size 1 in a random
+    // direction: the lm_head error expressed as the relative residual perturbation that would
+    // cost as much at the output, the unit of the linears' losses.
+    let logit_loss = |w: &[f32], dw: &[f32]| -> f64 {
+        let mut mean = vec![0f64; d];
+        for r in w.chunks(d) {
+            mean.iter_mut().zip(r).for_each(|(m, x)| *m += *x as f64 / v as f64);
+        }
+        let gain: f64 = w
+            .chunks(d)
+            .map(|r| r.iter().zip(&mean).zip(&norm).map(|((x, m), g)| ((*x as f64 - m) * *g as f64).powi(2)).sum::<f64>())
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
+        let mut total = 0.0;
+        for xb in xn.chunks(LOGIT_ROWS * d) {
+            let n = xb.len() / d;
+            let mut dz = crate::linalg::matmul_bt(xb, n, d, dw, v);
+            centred(&mut dz);
+            total += dz.chunks(v).map(sq).sum::<f64>() / gain;
+        }
+        total / rows.max(1) as f64
+    };
+    let mut out = Vec::new();
+    for (name, settings) in table_settings(model, o, candidates) {
+        let w = model.ck.f32_shaped(&format!("{name}.weight"), &[v, d])?;
+        let emb = name == super::TABLES[0];
+        let mut loss = Vec::new();
+        for s in &settings {
+            let Some(s) = s else {
+                loss.push(0.0);
+                continue;
+            };
+            let q = rtn::quantize(&w, v, d, s.bits, s.group_size, o.sym).dequantize();
+            let dw: Vec<f32> = q.iter().zip(&w).map(|(a, b)| a - b).collect();
+            let mut l = 0.0;
+            if emb {
+                // Mean over calibration tokens of the embedding row's relative change.
+                let n: u64 = count.iter().sum();
+                l += (0..v)
+                    .filter(|&r| count[r] > 0)
+                    .map(|r| count[r] as f64 * sq(&dw[r * d..(r + 1) * d]) / sq(&w[r * d..(r + 1) * d]).max(f64::MIN_POSITIVE))
+                    .sum::<f64>()
+                    / n.max(1) as f64;
+            }
+            if !emb || tied {
+                l += logit_loss(&w, &dw);
+            }
+            loss.push(l);
+        }
+        out.push(TableSensitivity { name: name.to_string(), shape: (v, d), settings, loss });
+        model.ck.release_pages();
+    }
+    Ok(out)
+}
+
+/// Bytes outside the planned items and the model's parameter count: every checkpoint tensor that
+/// is not a decoder-layer linear weight or a planned table, at `--float-dtype`.
+fn fixed_bytes(model: &Model, o: &Options, planned: &[String]) -> (u64, u64) {
     let es = crate::weights::dtype_size(o.float_dtype).unwrap_or(2) as u64;
-    let linear: std::collections::HashSet<String> = linear_names.iter().map(|n| format!("{n}.weight")).collect();
+    let linear: std::collections::HashSet<String> = planned.iter().map(|n| format!("{n}.weight")).collect();
     let (mut fixed, mut params) = (0u64, 0u64);
     for (name, t) in model.ck.tensors() {
         let n = t.shape.iter().product::<usize>() as u64;
@@ -299,7 +464,9 @@ pub fn choose(loss: &[Vec<f64>], bytes: &[Vec<u64>], budget: u64) -> Option<Vec<
 
 /// The plan for `target_bpw` from measured sensitivities.
 pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -> Result<Plan> {
-    let (fixed, params) = fixed_bytes(model, o, &s.names);
+    let planned: Vec<String> = s.names.iter().cloned().chain(s.tables.iter().map(|t| t.name.clone())).collect();
+    let (fixed, params) = fixed_bytes(model, o, &planned);
+    let es = crate::weights::dtype_size(o.float_dtype).unwrap_or(2) as u64;
     let mut size_cache: HashMap<(Setting, usize, usize), u64> = HashMap::new();
     let mut bytes = Vec::new();
     for &(out, inn) in &s.shapes {
@@ -317,20 +484,41 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
         }
         bytes.push(row);
     }
+    // The tables after the linears: one more item each.
+    let mut loss = s.loss.clone();
+    for t in &s.tables {
+        let (v, d) = t.shape;
+        let row = t
+            .settings
+            .iter()
+            .map(|c| match c {
+                None => Ok(v as u64 * d as u64 * es),
+                Some(c) => Ok(stored_bits(o, *c, v, d)?.div_ceil(8)),
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        bytes.push(row);
+        loss.push(t.loss.clone());
+    }
+    let n_lin = s.names.len();
     let budget_total = (target_bpw * params as f64 / 8.0).floor() as u64;
     let min_bytes = fixed + bytes.iter().map(|r| *r.iter().min().unwrap()).sum::<u64>();
     let max_bytes = fixed + bytes.iter().map(|r| *r.iter().max().unwrap()).sum::<u64>();
     let bpw = |b: u64| 8.0 * b as f64 / params as f64;
-    let choice = budget_total.checked_sub(fixed).and_then(|b| choose(&s.loss, &bytes, b)).ok_or_else(|| {
+    let choice = budget_total.checked_sub(fixed).and_then(|b| choose(&loss, &bytes, b)).ok_or_else(|| {
         anyhow!(
-            "--target-bpw {target_bpw}: below the smallest plan of these candidates ({:.3} bpw: the linears at their smallest setting, embeddings, norms and lm_head at --float-dtype {:.3} bpw); the candidates reach {:.3}..{:.3} bpw",
+            "{}: below the smallest plan of these candidates ({:.3} bpw: the linears{} at their smallest setting, what is kept at --float-dtype {:.3} bpw); the candidates reach {:.3}..{:.3} bpw",
+            match o.target_size {
+                Some(b) => format!("--target-size {b} bytes ({target_bpw:.4} bpw)"),
+                None => format!("--target-bpw {target_bpw}"),
+            },
             bpw(min_bytes),
+            if s.tables.is_empty() { "" } else { " and tables" },
             bpw(fixed),
             bpw(min_bytes),
             bpw(max_bytes)
         )
     })?;
-    let linears: Vec<LinearChoice> = choice
+    let linears: Vec<LinearChoice> = choice[..n_lin]
         .iter()
         .enumerate()
         .map(|(i, &k)| LinearChoice {
@@ -340,23 +528,46 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
             predicted_loss: s.loss[i][k],
         })
         .collect();
-    let total = fixed + linears.iter().map(|l| l.bytes).sum::<u64>();
+    let tables: Vec<TableChoice> = s
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(j, t)| {
+            let k = choice[n_lin + j];
+            TableChoice {
+                name: t.name.clone(),
+                setting: t.settings[k],
+                float_dtype: t.settings[k].is_none().then(|| format!("{:?}", o.float_dtype).to_lowercase()),
+                bytes: bytes[n_lin + j][k],
+                predicted_loss: t.loss[k],
+            }
+        })
+        .collect();
+    let total = fixed + linears.iter().map(|l| l.bytes).sum::<u64>() + tables.iter().map(|t| t.bytes).sum::<u64>();
+    // Each candidate on every linear, and rtn at its bits × group on the tables.
     let uniform = (0..s.candidates.len())
-        .map(|k| UniformPlan {
-            setting: s.candidates[k],
-            model_bpw: bpw(fixed + bytes.iter().map(|r| r[k]).sum::<u64>()),
-            predicted_loss: s.loss.iter().map(|r| r[k]).sum(),
+        .map(|k| {
+            let c = s.candidates[k];
+            let (mut b, mut l) = (fixed + bytes[..n_lin].iter().map(|r| r[k]).sum::<u64>(), s.loss.iter().map(|r| r[k]).sum::<f64>());
+            for (j, t) in s.tables.iter().enumerate() {
+                let i = t.settings.iter().position(|x| x.is_some_and(|x| (x.bits, x.group_size) == (c.bits, c.group_size))).unwrap_or(0);
+                b += bytes[n_lin + j][i];
+                l += t.loss[i];
+            }
+            UniformPlan { setting: c, model_bpw: bpw(b), predicted_loss: l }
         })
         .collect();
     Ok(Plan {
         uniform,
         target_bpw,
+        target_size: o.target_size,
         model_bpw: bpw(total),
         bytes: total,
         params,
-        predicted_loss: linears.iter().map(|l| l.predicted_loss).sum(),
+        predicted_loss: linears.iter().map(|l| l.predicted_loss).sum::<f64>() + tables.iter().map(|t| t.predicted_loss).sum::<f64>(),
         fixed_bytes: fixed,
         linears,
+        tables,
         seconds: s.seconds,
     })
 }
@@ -374,6 +585,13 @@ pub fn candidates(o: &Options) -> Vec<Setting> {
 
 /// What `--target-bpw` accepts; checked before any work.
 pub(crate) fn validate(o: &Options) -> Result<()> {
+    if o.target_size.is_some() && o.target_bpw.is_some() {
+        bail!("--target-size and --target-bpw name the same budget: give one");
+    }
+    if o.target_size.is_some() {
+        // Checked as --target-bpw is (the size becomes bits per weight once the model is open).
+        return validate(&Options { target_size: None, target_bpw: Some(1.0), ..o.clone() });
+    }
     let Some(t) = o.target_bpw else { return Ok(()) };
     if !(t > 0.0 && t.is_finite()) {
         bail!("--target-bpw must be a positive number (got {t})");
@@ -406,14 +624,18 @@ pub(crate) fn validate(o: &Options) -> Result<()> {
 pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
     let mut p = o.clone();
     p.target_bpw = None;
-    p.overrides = plan
-        .linears
-        .iter()
-        .map(|l| {
-            format!("^{}$={}:{}:{}", regex::escape(&l.name), l.setting.method.name(), l.setting.bits, l.setting.group_size)
-                .parse::<Override>()
-        })
-        .collect::<Result<_>>()?;
+    p.target_size = None;
+    p.overrides =
+        plan.linears
+            .iter()
+            .map(|l| {
+                format!("^{}$={}:{}:{}", regex::escape(&l.name), l.setting.method.name(), l.setting.bits, l.setting.group_size)
+                    .parse::<Override>()
+            })
+            .chain(plan.tables.iter().filter_map(|t| {
+                t.setting.map(|s| format!("^{}$=rtn:{}:{}", regex::escape(&t.name), s.bits, s.group_size).parse::<Override>())
+            }))
+            .collect::<Result<_>>()?;
     p.plan_note = Some(serde_json::to_value(plan)?);
     Ok(p)
 }
@@ -421,8 +643,12 @@ pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
 /// Measure, choose and return the plan for `o.target_bpw` on the model at `model_dir`.
 pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> {
     validate(o)?;
-    let target = o.target_bpw.expect("validated");
     let model = Model::open_dense(model_dir)?;
+    let target = match o.target_size {
+        // Whole-model bits per weight of that many stored bytes.
+        Some(b) => 8.0 * b as f64 / fixed_bytes(&model, o, &[]).1 as f64,
+        None => o.target_bpw.expect("validated"),
+    };
     model.cfg.check_positions(o.calib_seqlen, "--calib-seqlen").map_err(|e| anyhow!("{}: {e}", model_dir.display()))?;
     super::check_finite_tail(&model)?;
     let tok = Tokenizer::from_dir(model_dir)?;
@@ -436,6 +662,7 @@ pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> 
         shapes: Vec::new(),
         candidates: cands.clone(),
         loss: Vec::new(),
+        tables: Vec::new(),
         seconds: 0.0,
         key: String::new(),
     };
@@ -447,7 +674,16 @@ pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> 
             shapes.push(model.linear_shape(spec));
         }
     }
-    let probe = Sensitivity { names, loss: vec![vec![0.0; cands.len()]; shapes.len()], shapes, ..zero };
+    let tables = table_settings(&model, o, &cands)
+        .into_iter()
+        .map(|(n, settings)| TableSensitivity {
+            name: n.to_string(),
+            shape: (model.cfg.vocab_size, model.cfg.hidden_size),
+            loss: vec![0.0; settings.len()],
+            settings,
+        })
+        .collect();
+    let probe = Sensitivity { names, loss: vec![vec![0.0; cands.len()]; shapes.len()], shapes, tables, ..zero };
     plan_from(&model, o, target, &probe)?;
     let key = cache_key(model_dir, o, &cands, &tokens)?;
     let s = match &o.sensitivity_cache {
@@ -482,7 +718,7 @@ fn cache_key(model_dir: &Path, o: &Options, cands: &[Setting], tokens: &[u32]) -
         h.update(b);
     };
     // The version of the loss definition (per-token relative block-output error).
-    put(format!("{}|sensitivity v2", env!("CARGO_PKG_VERSION")).as_bytes());
+    put(format!("{}|sensitivity v3", env!("CARGO_PKG_VERSION")).as_bytes());
     put(&std::fs::read(model_dir.join("config.json")).with_context(|| format!("{}: cannot read config.json", model_dir.display()))?);
     let ck = crate::weights::Checkpoint::open(model_dir)?;
     for (_, bytes) in ck.files() {
@@ -490,7 +726,8 @@ fn cache_key(model_dir: &Path, o: &Options, cands: &[Setting], tokens: &[u32]) -
         ck.release_pages();
     }
     put(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
-    put(format!("{cands:?}|{}|{}|{}|{}|{:?}", o.sym, o.act_order, o.static_groups, o.search_tokens, o.float_dtype).as_bytes());
+    put(format!("{cands:?}|{}|{}|{}|{}|{:?}|{}", o.sym, o.act_order, o.static_groups, o.search_tokens, o.float_dtype, o.float_tables)
+        .as_bytes());
     Ok(format!("{:032x}", h.digest128()))
 }
 
@@ -506,12 +743,19 @@ pub fn describe(p: &Plan) -> String {
             l.predicted_loss
         );
     }
+    for t in &p.tables {
+        let setting = match (&t.setting, &t.float_dtype) {
+            (Some(s), _) => format!("rtn:{}:g{}", s.bits, s.group_size),
+            (None, f) => f.clone().unwrap_or_default(),
+        };
+        s += &format!("{:<40} {:<12} {:>8} {:>14.6e}\n", t.name, setting, t.bytes, t.predicted_loss);
+    }
     let mut mix: std::collections::BTreeMap<String, usize> = Default::default();
     for l in &p.linears {
         *mix.entry(format!("{}-bit g{}", l.setting.bits, l.setting.group_size)).or_default() += 1;
     }
     s += &format!(
-        "plan: {:.4} bpw whole model (target {}), {} bytes ({} outside the linears), predicted loss {:.6e}; {}\n",
+        "plan: {:.4} bpw whole model (target {}), {} bytes ({} outside the planned linears and tables), predicted loss {:.6e}; {}\n",
         p.model_bpw,
         p.target_bpw,
         p.bytes,

@@ -112,6 +112,8 @@ pub struct Options {
     pub output_type: Option<GgmlType>,
     /// `--target-bpw`: whole-model bits per weight to plan per-linear settings for ([`budget`]).
     pub target_bpw: Option<f64>,
+    /// `--target-size`: the same as a whole-model size in bytes (stored tensor bytes).
+    pub target_size: Option<u64>,
     /// The bit widths and group sizes `--target-bpw` chooses from.
     pub plan_bits: Vec<u8>,
     pub plan_groups: Vec<usize>,
@@ -119,6 +121,9 @@ pub struct Options {
     /// the inputs, written otherwise), so that several budgets share one pass.
     #[serde(serialize_with = "debug_str")]
     pub sensitivity_cache: Option<PathBuf>,
+    /// `--target-bpw`: keep the embedding table (and an untied lm_head) at `--float-dtype`
+    /// instead of planning them with the linears (`--float-tables`).
+    pub float_tables: bool,
     /// The plan that produced the overrides, written as `quantization_config.plan`.
     pub plan_note: Option<serde_json::Value>,
 }
@@ -278,9 +283,11 @@ mod tests {
             token_embd_type: None,
             output_type: None,
             target_bpw: None,
+            target_size: None,
             plan_bits: vec![2, 3, 4],
             plan_groups: vec![32],
             sensitivity_cache: None,
+            float_tables: false,
             plan_note: None,
         }
     }
@@ -320,9 +327,11 @@ mod tests {
             token_embd_type: _,
             output_type: _,
             target_bpw: _,
+            target_size: _,
             plan_bits: _,
             plan_groups: _,
             sensitivity_cache: _,
+            float_tables: _,
             plan_note: _,
         } = base();
         type Change = fn(&mut Options);
@@ -356,9 +365,11 @@ mod tests {
             ("token_embd_type", |o| o.token_embd_type = Some(GgmlType(8))),
             ("output_type", |o| o.output_type = Some(GgmlType(8))),
             ("target_bpw", |o| o.target_bpw = Some(4.0)),
+            ("target_size", |o| o.target_size = Some(60_000_000)),
             ("plan_bits", |o| o.plan_bits = vec![4]),
             ("plan_groups", |o| o.plan_groups = vec![128]),
             ("sensitivity_cache", |o| o.sensitivity_cache = Some(PathBuf::from("s.json"))),
+            ("float_tables", |o| o.float_tables = true),
             ("plan_note", |o| o.plan_note = Some(serde_json::json!({"target_bpw": 4.0}))),
         ];
         let b = base();

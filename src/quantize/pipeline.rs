@@ -52,7 +52,7 @@ pub struct Summary {
 /// Quantize the checkpoint in `model_dir` with the options `o` (`dry_run`: plan and count, write
 /// nothing); progress, warnings and notes go to `ev`.
 pub fn quantize(model_dir: &Path, o: &Options, dry_run: bool, ev: &mut dyn Events) -> Result<Summary> {
-    if o.target_bpw.is_some() {
+    if o.target_bpw.is_some() || o.target_size.is_some() {
         // Plan first (a sensitivity pass), then write the plan as per-linear overrides.
         let plan = budget::plan(model_dir, o, ev)?;
         let mut s = quantize(model_dir, &budget::apply(o, &plan)?, dry_run, ev)?;

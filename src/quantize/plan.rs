@@ -102,7 +102,8 @@ pub(crate) fn plan_layers(model: &Model, o: &Options, ev: &mut dyn Events) -> Re
             }
         }
     }
-    if plans.iter().flatten().all(Option::is_none) {
+    // (Quantizing only a table, every linear skipped, is a plan: `--skip '.*' --override 'lm_head=rtn:4'`.)
+    if plans.iter().flatten().all(Option::is_none) && plan_tables(model, o)?.is_empty() {
         bail!("nothing to quantize: every linear is skipped or does not fit --format {}", o.format.name());
     }
     Ok(plans)
