@@ -1,5 +1,6 @@
 //! Calibration samples: deterministic windows of tokens drawn from a text or JSONL file.
 
+use crate::events::Events;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
@@ -61,8 +62,9 @@ pub fn check_budget(samples: usize, seqlen: usize, hidden: usize) -> Result<()> 
 }
 
 /// `samples` windows of `seqlen` tokens at seeded random offsets of the tokenized file,
-/// concatenated: `[samples * seqlen]`.
-pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize, seed: u64) -> Result<Vec<u32>> {
+/// concatenated: `[samples * seqlen]`. A text too short for non-overlapping windows is a warning
+/// to `ev`.
+pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize, seed: u64, ev: &mut dyn Events) -> Result<Vec<u32>> {
     if samples == 0 || seqlen < 2 {
         bail!("--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2");
     }
@@ -76,11 +78,11 @@ pub fn sample_tokens(tok: &Tokenizer, path: &Path, samples: usize, seqlen: usize
     }
     let total = samples.checked_mul(seqlen).ok_or_else(|| anyhow!("--calib-samples {samples} × --calib-seqlen {seqlen} overflows"))?;
     if ids.len() < total {
-        eprintln!(
-            "warning: {}: {} tokens is less than --calib-samples {samples} × --calib-seqlen {seqlen}; the {samples} windows will overlap",
+        ev.warn(&format!(
+            "{}: {} tokens is less than --calib-samples {samples} × --calib-seqlen {seqlen}; the {samples} windows will overlap",
             crate::escape::path(path),
             ids.len()
-        );
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
@@ -233,18 +235,18 @@ pub fn allocate(weights: &[f64], samples: usize) -> Vec<usize> {
 /// [`allocate`]d window counts, each drawn from its own tokenized text with the seed `seed + i`
 /// (part `i`), and the windows are then shuffled together (seeded), so that every evenly spaced
 /// subset (AWQ's search windows) mixes the texts.
-pub fn sample_calib(tok: &Tokenizer, c: &Calib, samples: usize, seqlen: usize, seed: u64) -> Result<Vec<u32>> {
+pub fn sample_calib(tok: &Tokenizer, c: &Calib, samples: usize, seqlen: usize, seed: u64, ev: &mut dyn Events) -> Result<Vec<u32>> {
     if c.parts.len() == 1 {
-        return sample_tokens(tok, &c.parts[0].path, samples, seqlen, seed);
+        return sample_tokens(tok, &c.parts[0].path, samples, seqlen, seed, ev);
     }
     let counts = allocate(&c.parts.iter().map(|p| p.weight).collect::<Vec<_>>(), samples);
     let mut windows: Vec<Vec<u32>> = Vec::new();
     for (i, (p, &n)) in c.parts.iter().zip(&counts).enumerate() {
         if n == 0 {
-            eprintln!("warning: {}: gets no window of the {samples} (proportion {})", crate::escape::path(&p.path), p.weight);
+            ev.warn(&format!("{}: gets no window of the {samples} (proportion {})", crate::escape::path(&p.path), p.weight));
             continue;
         }
-        let t = sample_tokens(tok, &p.path, n, seqlen, seed.wrapping_add(i as u64))?;
+        let t = sample_tokens(tok, &p.path, n, seqlen, seed.wrapping_add(i as u64), ev)?;
         windows.extend(t.chunks(seqlen).map(|w| w.to_vec()));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -1,15 +1,15 @@
 //! Command-line front end: argument parsing and printing only; the work is in the library.
 
-use crate::eval::{self, Convention};
-use crate::mem::fmt_bytes;
+mod commands;
+mod progress;
+
+pub use commands::run;
+pub use progress::StderrEvents;
+
 use crate::quantize::{AwareWeight, Format, Method};
-use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Post-training quantization of LLM checkpoints on the CPU", long_about = None)]
@@ -383,8 +383,8 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 2048, value_parser = at_least::<2>)]
     pub eval_ctx: usize,
     /// Eval convention (see `lowbit eval --help`).
-    #[arg(long, value_enum, default_value_t = Convention::Windows)]
-    pub convention: Convention,
+    #[arg(long, value_enum, default_value_t = ConventionArg::Windows)]
+    pub convention: ConventionArg,
     /// Score at most this many windows from the start.
     #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
@@ -475,8 +475,8 @@ pub struct EvalArgs {
     pub ctx: usize,
     /// windows: score every prediction of non-overlapping windows (GPTQ/AWQ papers);
     /// llamacpp: llama-perplexity's (BOS-first windows, second half scored).
-    #[arg(long, value_enum, default_value_t = Convention::Windows)]
-    pub convention: Convention,
+    #[arg(long, value_enum, default_value_t = ConventionArg::Windows)]
+    pub convention: ConventionArg,
     /// Score at most this many windows from the start.
     #[arg(long, value_parser = at_least::<1>)]
     pub max_windows: Option<usize>,
@@ -499,266 +499,18 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Progress of a long stage on stderr: an indicatif bar on a terminal; in a log (CI, scripts,
-/// `2> file`) one plain line per finished step, at most one every [`LOG_EVERY`] and always the
-/// last.
-pub enum Progress {
-    Bar(ProgressBar),
-    Log { msg: String, len: u64, start: Instant, last: Option<Instant>, pos: u64 },
+/// `--convention`: [`crate::eval::Convention`] on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConventionArg {
+    Windows,
+    Llamacpp,
 }
 
-/// Minimum time between two plain progress lines.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-pub fn progress(len: u64, msg: &str) -> Progress {
-    progress_styled(len, msg, "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-}
-
-/// A progress bar counted in tokens, with the rate (tokens/s) on a terminal.
-pub fn progress_tokens(len: u64, msg: &str) -> Progress {
-    progress_styled(len, msg, "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec} {elapsed_precise} eta {eta}")
-}
-
-fn progress_styled(len: u64, msg: &str, template: &str) -> Progress {
-    if !std::io::stderr().is_terminal() {
-        return Progress::Log { msg: msg.to_string(), len, start: Instant::now(), last: None, pos: u64::MAX };
-    }
-    let pb = ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(ProgressStyle::with_template(template).unwrap().progress_chars("=> "));
-    pb.set_message(msg.to_string());
-    Progress::Bar(pb)
-}
-
-impl Progress {
-    pub fn set(&mut self, pos: u64, msg: &str) {
-        match self {
-            Progress::Bar(pb) => {
-                pb.set_message(msg.to_string());
-                pb.set_position(pos);
-            }
-            Progress::Log { msg: m, len, start, last, pos: p } => {
-                // Nothing to report before the first step is done.
-                let changed = pos > 0 && (*m != msg || *p != pos);
-                let due = last.is_none_or(|t| t.elapsed() >= LOG_EVERY) || pos >= *len;
-                if changed && due {
-                    let t = start.elapsed().as_secs_f64();
-                    if pos < *len {
-                        // Remaining steps at the mean rate so far.
-                        let eta = t * (*len - pos) as f64 / pos as f64;
-                        eprintln!("{msg}: {pos}/{len} ({t:.0} s, eta {eta:.0} s)");
-                    } else {
-                        eprintln!("{msg}: {pos}/{len} ({t:.0} s)");
-                    }
-                    *last = Some(Instant::now());
-                    (*m, *p) = (msg.to_string(), pos);
-                }
-            }
+impl From<ConventionArg> for crate::eval::Convention {
+    fn from(c: ConventionArg) -> Self {
+        match c {
+            ConventionArg::Windows => crate::eval::Convention::Windows,
+            ConventionArg::Llamacpp => crate::eval::Convention::Llamacpp,
         }
     }
-
-    pub fn finish(self) {
-        if let Progress::Bar(pb) = self {
-            pb.finish_and_clear();
-        }
-    }
-}
-
-pub fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().ok();
-    }
-    match cli.cmd {
-        Cmd::Eval(a) => cmd_eval(a),
-        Cmd::Inspect(a) => cmd_inspect(a),
-        Cmd::Quantize(a) => cmd_quantize(a),
-        Cmd::Verify(a) => cmd_verify(a),
-        Cmd::Sweep(a) => cmd_sweep(a),
-        Cmd::ImportGguf(a) => {
-            let opts = crate::gguf::ImportOptions { tokenizer: a.tokenizer, config: a.config, dtype: a.dtype.dtype(), force: a.force };
-            let rep = crate::gguf::import_gguf(&a.gguf, &a.out, &opts)?;
-            if a.json {
-                println!("{}", serde_json::to_string(&rep)?);
-            } else {
-                println!("{rep}");
-            }
-            Ok(())
-        }
-    }
-}
-
-fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let model = crate::qmodel::open(&a.model)?;
-    model.cfg.check_positions(a.ctx, "--ctx").map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
-    let tok = match &a.tokenizer {
-        Some(t) => Tokenizer::from_file(t)?,
-        None if crate::gguf::load::is_gguf(&a.model) => {
-            let t = a.model.with_file_name("tokenizer.json");
-            if !t.exists() {
-                return Err(anyhow!("{}: no tokenizer.json beside the GGUF file; pass --tokenizer", a.model.display()));
-            }
-            Tokenizer::from_file(&t)?
-        }
-        None => Tokenizer::from_dir(&a.model)?,
-    };
-    let text = crate::calib::read_text(&a.text)?;
-    let w = eval::make_windows(&tok, &text, &a.text.display().to_string(), a.ctx, a.convention, a.max_windows)?;
-    let reference = a.reference.as_deref().map(crate::qmodel::open).transpose()?;
-    let mut pb: Option<Progress> = None;
-    let r = eval::perplexity_vs(&model, reference.as_ref(), &w, &mut |done, total| {
-        pb.get_or_insert_with(|| progress_tokens(total as u64, "eval tokens")).set(done as u64, "eval tokens")
-    })?;
-    if let Some(p) = pb {
-        p.finish();
-    }
-    if a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["model"] = a.model.display().to_string().into();
-        v["text"] = a.text.display().to_string().into();
-        v["convention"] = serde_json::to_value(a.convention)?;
-        println!("{v}");
-    } else {
-        println!("ppl            {:.4}", r.ppl);
-        println!("mean NLL       {:.6}", r.mean_nll);
-        println!("tokens scored  {} ({} windows of {}, {:?})", r.tokens_scored, r.windows, r.ctx, a.convention);
-        if let (Some(k), Some(t)) = (r.kld, r.top1_agreement) {
-            println!("KL divergence  {k:.6} (vs {})", a.reference.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
-            println!("top-1 agree    {:.4}", t);
-        }
-        println!("speed          {:.1} tokens/s ({:.1} s)", r.tokens_per_s, r.seconds);
-        if let Some(p) = r.peak_rss_bytes {
-            println!("peak memory    {}", fmt_bytes(p));
-        }
-    }
-    // A broken model (NaN or infinite logits) must fail a gate that trusts the exit code.
-    if !r.ppl.is_finite() || r.kld.is_some_and(|k| !k.is_finite()) {
-        let kld = r.kld.map(|k| format!(", KL divergence {k}")).unwrap_or_default();
-        return Err(anyhow!(
-            "{}: perplexity {}{kld} is not finite: the model produces NaN or infinite logits",
-            crate::escape::path(&a.model),
-            r.ppl
-        ));
-    }
-    Ok(())
-}
-
-fn cmd_inspect(a: InspectArgs) -> Result<()> {
-    let rep = crate::qmodel::inspect(&a.model)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-    } else {
-        print!("{}", rep.to_text());
-    }
-    Ok(())
-}
-
-fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    let mut o = a.q.options(a.method, a.bits, a.out.clone(), a.format)?;
-    o.resume = a.resume;
-    o.propagate_fp = a.propagate_fp;
-    o.target_bpw = a.target_bpw;
-    o.target_size = a.target_size;
-    o.plan_bits = a.plan_bits.clone();
-    o.plan_groups = a.plan_groups.clone();
-    o.sensitivity_cache = a.sensitivity_cache.clone();
-    o.float_tables = a.float_tables;
-    let mut pb: Option<Progress> = None;
-    let s = crate::quantize::quantize(&a.q.model, &o, a.dry_run, &mut |i, n, msg| {
-        pb.get_or_insert_with(|| progress(n as u64, msg)).set(i as u64, msg);
-    })?;
-    if let Some(p) = pb {
-        p.finish();
-    }
-    if a.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        let verb = if s.dry_run { "would write" } else { "wrote" };
-        let what = if o.method == Method::Vptq {
-            format!("vptq v{} k{}", o.vptq.vector_len, o.vptq.centroids)
-        } else {
-            format!("{} {}-bit g{}", s.method, s.bits, s.group_size)
-        };
-        let what = if s.plan.is_some() { format!("{} per-linear plan", o.method.name()) } else { what };
-        let what = match (o.format, o.gguf_type) {
-            (Format::Gguf, t) => format!("{} {}", s.method, t.unwrap_or(crate::quantize::DEFAULT_GGUF_TYPE).name()),
-            (_, Some(t)) => format!("{} on the {} grid", s.method, t.name()),
-            _ => what,
-        };
-        if let Some(p) = &s.plan {
-            print!("{}", crate::quantize::budget::describe(p));
-        }
-        println!("{verb} {} ({}, {what}, format {})", s.out, fmt_bytes(s.bytes), s.format);
-        for f in &s.fallbacks {
-            println!("fallback         {f}");
-        }
-        println!(
-            "bits per weight  {:.3} (quantized linears, scales and zeros included), {:.3} (whole checkpoint)",
-            s.linear_bpw, s.model_bpw
-        );
-        if !s.dry_run {
-            println!(
-                "time             {:.1} s ({} calibration tokens; calibration forward {:.1} s)",
-                s.seconds, s.calib_tokens, s.forward_seconds
-            );
-            if s.search_seconds > 0.0 {
-                println!(
-                    "AWQ search       {:.1} s ({:.2} × the calibration forward)",
-                    s.search_seconds,
-                    s.search_seconds / s.forward_seconds.max(1e-9)
-                );
-            }
-            if let Some(p) = s.peak_rss_bytes {
-                println!("peak memory      {}", fmt_bytes(p));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn cmd_verify(a: VerifyArgs) -> Result<()> {
-    let re = a.layers.as_deref().map(regex::Regex::new).transpose().map_err(|e| anyhow!("--layers: invalid regex: {e}"))?;
-    match crate::verify::command(&a.model, re.as_ref(), &a.batch, a.json)? {
-        0 => Ok(()),
-        code => std::process::exit(code),
-    }
-}
-
-fn cmd_sweep(a: SweepArgs) -> Result<()> {
-    let first = *a.methods.first().ok_or_else(|| anyhow!("--methods: give at least one method"))?;
-    let base =
-        a.q.options(first, *a.bits.first().ok_or_else(|| anyhow!("--bits: give at least one bit width"))?, a.out.clone(), Format::Lowbit)?;
-    let s = crate::sweep::SweepOptions {
-        base,
-        methods: a.methods,
-        bits: a.bits,
-        eval_text: a.eval_text[0].clone(),
-        more_eval_texts: a.eval_text[1..].to_vec(),
-        eval_ctx: a.eval_ctx,
-        convention: a.convention,
-        max_windows: a.max_windows,
-        discard_models: a.discard_models,
-        score_memory: a.score_memory_mb << 20,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-    };
-    let mut pb: Option<(Progress, String)> = None;
-    let r = crate::sweep::sweep(&a.q.model, &s, &mut |i, n, msg| {
-        if pb.as_ref().is_none_or(|(_, m)| m != msg) {
-            if let Some((p, _)) = pb.take() {
-                p.finish();
-            }
-            pb = Some((progress(n as u64, msg), msg.to_string()));
-        }
-        if let Some((p, _)) = &mut pb {
-            p.set(i as u64, msg);
-        }
-    })?;
-    if let Some((p, _)) = pb {
-        p.finish();
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        print!("{}", crate::sweep::markdown(&r));
-        println!("\nwrote {}/results.json, results.md, plot.svg", a.out.display());
-    }
-    Ok(())
 }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Convention {
     Windows,
@@ -26,12 +26,6 @@ pub struct Windows {
     pub windows: Vec<Vec<u32>>,
     /// Logit positions `j` scored in every window (predicting token `j+1`).
     pub first: usize,
-}
-
-impl Windows {
-    pub fn scored_per_window(&self) -> usize {
-        self.ctx - 1 - self.first
-    }
 }
 
 /// Cut `text` into windows under `conv`. `text_name` names the file in errors.
@@ -105,11 +99,6 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 
 fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
-}
-
-/// KL(P‖Q) of two logits rows (P the reference), in f64.
-pub fn kl_div(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    kl_from(&log_softmax(p_logits), q_logits)
 }
 
 /// KL(P‖Q) from the reference's log-probabilities and the model's logits.

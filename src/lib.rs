@@ -1,8 +1,22 @@
 //! lowbit: post-training quantization of LLM checkpoints on the CPU.
 //!
-//! Library layout: `config` + `arch` describe a model family, `weights` memory-maps checkpoints,
-//! `model` runs the forward pass one decoder layer at a time, `eval` scores perplexity,
-//! `quant/` holds one file per method, `pack/` one file per packed layout.
+//! Module map:
+//! * Models: `config` (a checkpoint's config.json) + `arch` (model families as tables of their
+//!   linears and scale groups), `weights` (memory-mapped safetensors checkpoints), `tokenizer`,
+//!   `model` (the forward pass one decoder layer at a time) with `attention`, `rope` and `linalg`
+//!   (its kernels), `qmodel` (opening possibly quantized checkpoints, `inspect`), `gguf/`
+//!   (llama.cpp files: reader, block types, import, export).
+//! * Quantization: `quant/` (one file per method), `pack/` (one file per packed layout),
+//!   `stats` (calibration statistics), `calib` (calibration windows), `quantize` + `quantize/`
+//!   (the method registry and the pipeline: options, plan, layer loop, resume, output, budget
+//!   planner, sweep's driver), `checkpoint` (crash-safe per-layer progress), `outdir` (the atomic,
+//!   locked output directory), `st_write` (safetensors writing).
+//! * Evaluation: `eval` (perplexity, KL divergence), `sweep` (every method × bits, scored and
+//!   reported), `plot` (the sweep's SVG), `cuda/` + `verify` (GPU kernels checked against the CPU
+//!   reference).
+//! * Support: `events` (how the library reports progress and warnings: only the binary prints),
+//!   `escape` (untrusted text in messages), `mem` (memory statistics), `fuzz` (fuzz harnesses),
+//!   `cli` (the command line: argument parsing and printing).
 
 pub mod arch;
 pub mod attention;
@@ -13,6 +27,7 @@ pub mod config;
 pub mod cuda;
 pub mod escape;
 pub mod eval;
+pub mod events;
 pub mod fuzz;
 pub mod gguf;
 pub mod linalg;

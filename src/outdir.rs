@@ -16,13 +16,16 @@
 //!   and the lock that every writer holds is free); anything else with such a name is named in
 //!   a warning and left alone.
 
+mod lock;
+
 use crate::escape;
+use crate::events::Events;
 use crate::st_write::{sync_dir, sync_file, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
+use lock::Lock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
+use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 /// The manifest every lowbit output holds.
@@ -156,16 +159,16 @@ impl OutDir {
 
     /// Make `dir` (one of [`OutDir::leftovers`]) this run's temporary directory, and clean up the
     /// other leftovers.
-    pub fn adopt(&mut self, dir: &Path) -> Result<()> {
+    pub fn adopt(&mut self, dir: &Path, ev: &mut dyn Events) -> Result<()> {
         write_marker(dir, &self.command)?;
         self.tmp = Some(dir.to_path_buf());
-        self.clean_stale();
+        self.clean_stale(ev);
         Ok(())
     }
 
     /// Clean up leftovers of killed runs and create this run's temporary directory.
-    pub fn create_tmp(&mut self) -> Result<&Path> {
-        self.clean_stale();
+    pub fn create_tmp(&mut self, ev: &mut dyn Events) -> Result<&Path> {
+        self.clean_stale(ev);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tmp = sibling(&self.out, &format!("lowbit-tmp-{}-{nanos:x}", std::process::id()));
         fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", escape::path(&tmp)))?;
@@ -175,8 +178,8 @@ impl OutDir {
     }
 
     /// Remove the marked temporary directories of killed runs; name anything else that looks
-    /// like one.
-    fn clean_stale(&self) {
+    /// like one (a warning to `ev`).
+    fn clean_stale(&self, ev: &mut dyn Events) {
         for p in self.tmp_siblings() {
             if Some(&p) == self.tmp.as_ref() {
                 continue;
@@ -186,17 +189,17 @@ impl OutDir {
             } else if let Ok(m) = owned_manifest(&p) {
                 // Killed between writing the manifest and the rename (or between replacing an
                 // output and removing the old one): a complete output; its listed files go.
-                remove_owned(&p, &m);
+                remove_owned(&p, &m, ev);
                 !p.exists()
             } else {
                 // Killed between mkdir and the marker: empty. Anything else is not provably ours.
                 fs::remove_dir(&p).is_ok()
             };
             if !removed {
-                eprintln!(
-                    "warning: {}: left in place: named like a lowbit temporary directory but not marked as one (remove it if it is not yours)",
+                ev.warn(&format!(
+                    "{}: left in place: named like a lowbit temporary directory but not marked as one (remove it if it is not yours)",
                     escape::path(&p)
-                );
+                ));
             }
         }
         // Names of older lowbit versions' temporary directories: named, not removed.
@@ -207,10 +210,10 @@ impl OutDir {
                 || n.starts_with(&format!(".{name}.import-tmp."))
                 || n.starts_with(&format!(".{name}.import-old."))
             {
-                eprintln!(
-                    "warning: {}: a temporary directory of an older lowbit version; remove it if no run is using it",
+                ev.warn(&format!(
+                    "{}: a temporary directory of an older lowbit version; remove it if no run is using it",
                     escape::path(&p)
-                );
+                ));
             }
         }
     }
@@ -230,7 +233,7 @@ impl OutDir {
 
     /// Write the manifest, flush every file and directory to disk, and move the temporary
     /// directory into place (replacing an existing output lowbit wrote, with --force).
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(mut self, ev: &mut dyn Events) -> Result<()> {
         let tmp = self.tmp.clone().expect("create_tmp or adopt first");
         let _ = fs::remove_file(tmp.join(TMP_MARKER));
         write_manifest(&tmp, &self.command)?;
@@ -244,7 +247,7 @@ impl OutDir {
                 // `tmp` now holds the old output: remove what lowbit wrote, and nothing else.
                 sync_dir(&parent)?;
                 self.tmp = None;
-                remove_owned(&tmp, &old);
+                remove_owned(&tmp, &old, ev);
             }
         }
         self.tmp = None;
@@ -451,8 +454,8 @@ fn plain_relative(rel: &str) -> bool {
 }
 
 /// Remove the files of `m` from `dir` (each only if still a regular file of the listed size),
-/// then the emptied directories. Whatever else is there stays, named in a warning.
-fn remove_owned(dir: &Path, m: &Manifest) {
+/// then the emptied directories. Whatever else is there stays, named in a warning to `ev`.
+fn remove_owned(dir: &Path, m: &Manifest, ev: &mut dyn Events) {
     for (rel, &len) in &m.files {
         let p = dir.join(rel);
         if plain_relative(rel) && fs::symlink_metadata(&p).is_ok_and(|md| md.is_file() && md.len() == len) {
@@ -468,7 +471,7 @@ fn remove_owned(dir: &Path, m: &Manifest) {
         let _ = fs::remove_dir(dir.join(d));
     }
     if fs::remove_dir(dir).is_err() && dir.exists() {
-        eprintln!("warning: {}: the replaced output held files lowbit did not write; left them there", escape::path(dir));
+        ev.warn(&format!("{}: the replaced output held files lowbit did not write; left them there", escape::path(dir)));
     }
 }
 
@@ -522,83 +525,4 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
 fn cstr(p: &Path) -> Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("{}: path holds a NUL byte", escape::path(p)))
-}
-
-/// An exclusive `flock` on a lock file holding the owner's pid; the file is removed on release.
-struct Lock {
-    path: PathBuf,
-    file: File,
-}
-
-impl Lock {
-    fn take(path: &Path, out: &Path) -> Result<Lock> {
-        let shown = escape::path(path);
-        for _ in 0..100 {
-            let mut opts = fs::OpenOptions::new();
-            opts.read(true).write(true).create(true).truncate(false);
-            // Never through a symbolic link: the lock file is written to.
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
-            let mut file = opts.open(path).with_context(|| format!("{shown}: cannot open the lock file"))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => {
-                    // The holder writes its pid right after locking; give it a moment.
-                    let mut pid = String::new();
-                    for _ in 0..20 {
-                        pid.clear();
-                        let _ = file.rewind().and_then(|_| file.read_to_string(&mut pid));
-                        if pid.trim().parse::<u32>().is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    let who = match pid.trim().parse::<u32>() {
-                        Ok(p) => format!("pid {p}"),
-                        Err(_) => "pid unknown".into(),
-                    };
-                    bail!(
-                        "{}: another lowbit run ({who}) is writing this output (lock {shown}); wait for it to finish or choose another --out",
-                        escape::path(out)
-                    );
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("{shown}: cannot lock")),
-            }
-            // A run that released the lock may have removed the file meanwhile: the lock must be
-            // on the file now at `path`, else retry.
-            #[cfg(unix)]
-            let same = {
-                use std::os::unix::fs::MetadataExt;
-                match (file.metadata(), fs::symlink_metadata(path)) {
-                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                    _ => false,
-                }
-            };
-            #[cfg(not(unix))]
-            let same = fs::symlink_metadata(path).is_ok();
-            if !same {
-                continue;
-            }
-            let mut old = String::new();
-            let _ = file.read_to_string(&mut old);
-            if !old.trim().is_empty() && old.trim().parse::<u32>().is_err() {
-                bail!("{shown}: exists and is not a lowbit lock file; remove it if it is not yours");
-            }
-            file.set_len(0)
-                .and_then(|_| file.rewind())
-                .and_then(|_| writeln!(file, "{}", std::process::id()))
-                .and_then(|_| file.flush())
-                .with_context(|| format!("{shown}: cannot write the lock file"))?;
-            return Ok(Lock { path: path.to_path_buf(), file });
-        }
-        bail!("{shown}: cannot take the lock (the lock file keeps changing)")
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // Removed while still locked: a waiting run notices the file changed and retries.
-        let _ = fs::remove_file(&self.path);
-        let _ = self.file.unlock();
-    }
 }

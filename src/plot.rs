@@ -1,7 +1,7 @@
 //! The sweep's plot: perplexity against stored bits per weight, one line per method, the float
 //! model as a horizontal line; log-scaled perplexity (2-bit RTN can be 10⁵× the float model).
+//! It reads its own [`Chart`], which `sweep` fills in (neither module depends on the other's types).
 
-use crate::sweep::Report;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -19,13 +19,27 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// What the plot shows.
+pub struct Chart<'a> {
+    /// The model's and the eval text's paths (their last components are the title).
+    pub model: &'a str,
+    pub eval_text: &'a str,
+    pub eval_ctx: usize,
+    /// The float model's perplexity and bits per weight (the horizontal line).
+    pub fp_ppl: f64,
+    pub fp_bits: u32,
+    /// One point per scored combination: method, stored bits per weight, perplexity (points
+    /// without both, or with a non-finite perplexity, are not drawn).
+    pub points: Vec<(&'a str, Option<f64>, Option<f64>)>,
+}
+
 /// The plot as an SVG document.
-pub fn svg(r: &Report) -> Result<String> {
+pub fn svg(r: &Chart) -> Result<String> {
     let mut lines: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    for x in r.records.iter().filter(|x| x.skipped.is_none()) {
-        if let (Some(b), Some(p)) = (x.bpw, x.ppl) {
+    for &(method, bpw, ppl) in &r.points {
+        if let (Some(b), Some(p)) = (bpw, ppl) {
             if p.is_finite() {
-                lines.entry(x.method.as_str()).or_default().push((b, p));
+                lines.entry(method).or_default().push((b, p));
             }
         }
     }
@@ -34,7 +48,7 @@ pub fn svg(r: &Report) -> Result<String> {
     }
     let all = lines.values().flatten();
     let (mut x0, mut x1) = all.clone().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = all.fold((r.fp.ppl, r.fp.ppl), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (mut y0, mut y1) = all.fold((r.fp_ppl, r.fp_ppl), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if x0 > x1 {
         (x0, x1) = (2.0, 4.5);
     }
@@ -45,7 +59,7 @@ pub fn svg(r: &Report) -> Result<String> {
         let root = SVGBackend::with_string(&mut out, (900, 560)).into_drawing_area();
         let e = |e: DrawingAreaErrorKind<_>| anyhow!("plot: {e:?}");
         root.fill(&WHITE).map_err(e)?;
-        let title = format!("{} — {} (ctx {})", short(&r.model), short(&r.eval_text), r.eval_ctx);
+        let title = format!("{} — {} (ctx {})", short(r.model), short(r.eval_text), r.eval_ctx);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(16)
@@ -61,11 +75,11 @@ pub fn svg(r: &Report) -> Result<String> {
             .x_label_formatter(&|v| format!("{v:.2}"))
             .draw()
             .map_err(e)?;
-        let fp = r.fp.ppl;
+        let fp = r.fp_ppl;
         chart
             .draw_series(LineSeries::new([(x0, fp), (x1, fp)], BLACK.stroke_width(1)))
             .map_err(e)?
-            .label(format!("FP {}-bit: {fp:.3}", r.fp.bits))
+            .label(format!("FP {}-bit: {fp:.3}", r.fp_bits))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
         for (i, (name, pts)) in lines.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];

@@ -3,7 +3,7 @@
 //! at the end and the directory flushed, so a crash or power loss never leaves a half-written
 //! file under the final name.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,6 +101,21 @@ pub fn plain_permissions(path: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
             .with_context(|| format!("{}: cannot set permissions", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every float tensor of the output is finite (a non-finite source weight, or a finite one that
+/// overflows --float-dtype f16, would otherwise be written and only show up as NaN at eval).
+pub fn check_finite_output(tensors: &[OutTensor]) -> Result<()> {
+    for t in tensors {
+        if let Some(i) = crate::weights::first_non_finite(t.dtype, &t.data) {
+            bail!(
+                "{}: non-finite value at index {i} in the output; a source value is not finite or does not fit {:?} (choose a wider float type)",
+                crate::escape::text(&t.name),
+                t.dtype
+            );
+        }
     }
     Ok(())
 }

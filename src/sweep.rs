@@ -4,17 +4,18 @@
 //! Calibration statistics are collected once per layer, on the float model's activations
 //! (AutoAWQ's scheme, and `--propagate-fp` for GPTQ/VPTQ), and every combination quantizes that
 //! layer from them; its packed layer goes to its own partial directory at once, so memory holds
-//! one layer's activations and weights whatever the number of combinations. The evaluation then
+//! one layer's activations and weights whatever the number of combinations (that phase is the
+//! quantize pipeline's, `quantize::combos`; this module picks the combinations, scores and
+//! reports). The evaluation then
 //! runs the float model once per window as the reference of every quantized model (streamed KL
 //! divergence and top-1 agreement).
 
-use crate::checkpoint::Checkpointer;
 use crate::eval::{self, Convention, EvalResult};
+use crate::events::Events;
 use crate::model::Model;
 use crate::outdir::{OutDir, Source};
 use crate::quant::vptq::VptqConfig;
-use crate::quantize::{self, LinearPlan, Method, Options};
-use crate::stats::Needs;
+use crate::quantize::{self, Combo, Method, Options};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -137,18 +138,6 @@ pub fn vptq_for_bits(bits: u8, base: &VptqConfig, out_dims: &[usize]) -> Option<
     Some(VptqConfig { vector_len: v, centroids: k, ..base.clone() })
 }
 
-struct Combo {
-    name: String,
-    tables: Vec<(&'static str, quantize::LinearPlan)>,
-    o: Options,
-    plans: Vec<Vec<Option<LinearPlan>>>,
-    ckpt: Checkpointer,
-    bits: u64,
-    weights: u64,
-    meta: crate::pack::LowbitQuantConfig,
-    seconds: f64,
-}
-
 fn combo_name(o: &Options) -> String {
     match o.method {
         Method::Vptq => format!("vptq-v{}k{}", o.vptq.vector_len, o.vptq.centroids),
@@ -192,8 +181,8 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
     None
 }
 
-/// Run the sweep; `progress(done, total, what)` reports both phases.
-pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Report> {
+/// Run the sweep; `ev` gets the progress of both phases, the skipped combinations and warnings.
+pub fn sweep(model_dir: &Path, s: &SweepOptions, ev: &mut dyn Events) -> Result<Report> {
     let out = &s.base.out;
     for (c, e) in s
         .base
@@ -243,23 +232,26 @@ pub fn sweep(model_dir: &Path, s: &SweepOptions, progress: &mut dyn FnMut(usize,
         ));
     }
 
-    let tmp = od.create_tmp()?.to_path_buf();
-    let rep = run(model_dir, &model, &tok, &windows, &more, s, &tmp, progress)?;
-    od.commit()?;
+    let tmp = od.create_tmp(ev)?.to_path_buf();
+    let rep = run(&Inputs { model_dir, model: &model, tok: &tok, windows: &windows, more: &more, s }, &tmp, ev)?;
+    od.commit(ev)?;
     Ok(rep)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    model_dir: &Path,
-    model: &Model,
-    tok: &Tokenizer,
-    windows: &eval::Windows,
-    more: &[(String, eval::Windows)],
-    s: &SweepOptions,
-    tmp: &Path,
-    progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<Report> {
+/// What one sweep reads: the model, its tokenizer, the eval windows (the first text's, then the
+/// further texts') and the options.
+struct Inputs<'a> {
+    model_dir: &'a Path,
+    model: &'a Model,
+    tok: &'a Tokenizer,
+    windows: &'a eval::Windows,
+    more: &'a [(String, eval::Windows)],
+    s: &'a SweepOptions,
+}
+
+/// Quantize every combination, score them, and write the reports into `tmp`.
+fn run(inputs: &Inputs, tmp: &Path, ev: &mut dyn Events) -> Result<Report> {
+    let Inputs { model_dir, model, tok, windows, more, s } = *inputs;
     let c = &model.cfg;
     let out_dims: Vec<usize> = c.family.linears().iter().map(|sp| model.linear_shape(sp).0).collect();
     // Every combination, or why it is skipped.
@@ -286,86 +278,20 @@ fn run(
                 continue;
             }
             o.out = tmp.join(&name);
-            let plans = quantize::plan_layers(model, &o)?;
-            let tables = quantize::plan_tables(model, &o)?;
             let dir = tmp.join(format!(".{name}.partial"));
-            std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-            records.push(Record { dir: Some(name.clone()), ..empty_record(&o) });
-            combos.push(Combo {
-                name,
-                o,
-                plans,
-                tables,
-                ckpt: Checkpointer::new(&dir, ""),
-                bits: 0,
-                weights: 0,
-                meta: Default::default(),
-                seconds: 0.0,
-            });
+            let k = Combo::new(model, name, o, &dir, ev)?;
+            records.push(Record { dir: Some(k.name.clone()), ..empty_record(&k.o) });
+            combos.push(k);
         }
     }
     for r in records.iter().filter(|r| r.skipped.is_some()) {
-        eprintln!("skipping {} {}-bit: {}", r.method, r.bits, r.skipped.as_deref().unwrap_or(""));
+        ev.note(&format!("skipping {} {}-bit: {}", r.method, r.bits, r.skipped.as_deref().unwrap_or("")));
     }
     if combos.is_empty() {
         bail!("nothing to sweep: every combination was skipped");
     }
-    let needs =
-        combos.iter().flat_map(|k| k.plans.iter().flatten().flatten().map(|p| p.method.needs(&k.o))).fold(Needs::default(), Needs::union);
-    let (tokens, seqlen) = match (&s.base.calib, needs.any()) {
-        (Some(p), true) => {
-            crate::calib::check_budget(s.base.calib_samples, s.base.calib_seqlen, c.hidden_size)?;
-            (crate::calib::sample_calib(tok, p, s.base.calib_samples, s.base.calib_seqlen, s.base.seed)?, s.base.calib_seqlen)
-        }
-        _ => (Vec::new(), 0),
-    };
-
     // Phase 1: one calibration pass, every combination quantizes each layer from it.
-    let t = Instant::now();
-    let mut h = if seqlen > 0 { model.embed(&tokens)? } else { Vec::new() };
-    let mut calibration_seconds = t.elapsed().as_secs_f64();
-    for i in 0..c.num_layers {
-        progress(i, c.num_layers, "quantizing");
-        let t = Instant::now();
-        let lw = model.load_layer(i)?;
-        quantize::check_finite_layer(&lw)?;
-        // --true-sequential re-runs the layer from its (float) input.
-        let h_in = (seqlen > 0 && s.base.true_sequential).then(|| h.clone());
-        let stats = if seqlen > 0 { quantize::calibrate_layer(model, &lw, &mut h, seqlen, needs)?.0 } else { Default::default() };
-        calibration_seconds += t.elapsed().as_secs_f64();
-        for k in &mut combos {
-            let t = Instant::now();
-            let mut l = lw.clone();
-            let r = quantize::layer_out(&k.o, model, &mut l, &k.plans[i], &stats, h_in.as_deref().map(|x| (x, seqlen)), false)
-                .with_context(|| k.name.clone())?;
-            k.ckpt.write_tensors(i, &r.tensors)?;
-            k.bits += r.bits;
-            k.weights += r.weights;
-            k.meta.modules.extend(r.modules);
-            k.meta.vq_modules.extend(r.vq_modules);
-            k.seconds += t.elapsed().as_secs_f64();
-        }
-        model.ck.release_pages();
-    }
-    drop(h);
-    progress(c.num_layers, c.num_layers, "writing");
-    for k in &mut combos {
-        let t = Instant::now();
-        let mut tensors = Vec::new();
-        for i in 0..c.num_layers {
-            tensors.extend(k.ckpt.read_layer(i)?);
-        }
-        let (tail, tail_meta) = quantize::tail_tensors(model, &k.o, &k.tables, false)?;
-        tensors.extend(tail);
-        k.meta.modules.extend(tail_meta);
-        quantize::check_finite_output(&tensors).with_context(|| k.name.clone())?;
-        quantize::write_output(model_dir, model, &k.o, &k.ckpt.dir, &tensors, &k.meta, &k.plans)?;
-        // Each checkpoint is a lowbit output of its own (manifest included), moved into place
-        // inside the sweep's temporary directory.
-        crate::outdir::write_manifest(&k.ckpt.dir, "quantize")?;
-        std::fs::rename(&k.ckpt.dir, &k.o.out).with_context(|| format!("{}: cannot move into place", k.o.out.display()))?;
-        k.seconds += t.elapsed().as_secs_f64();
-    }
+    let shared = quantize::quantize_combos(model_dir, model, tok, &s.base, &mut combos, ev)?;
 
     // Phase 2: score the float model and every combination on the same windows. Each open model
     // caches its f32 embedding/lm_head tables, so models are scored in passes whose tables stay
@@ -381,7 +307,7 @@ fn run(
         let refs: Vec<&Model> = opened.iter().collect();
         let what = if passes > 1 { format!("scoring {}/{passes}", p + 1) } else { "scoring".to_string() };
         let what = format!("{what} tokens");
-        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| progress(done, total, &what))?;
+        let (f, r) = eval::perplexity_many(Some(model), &refs, windows, &mut |done, total| ev.progress(done, total, &what))?;
         fp = fp.or(f);
         results.extend(r);
     }
@@ -395,7 +321,7 @@ fn run(
             let opened: Vec<Model> = batch.iter().map(|k| crate::qmodel::open(&k.o.out)).collect::<Result<_>>()?;
             let refs: Vec<&Model> = opened.iter().collect();
             let what = format!("scoring {} tokens", Path::new(text).file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-            let (f, r) = eval::perplexity_many(Some(model), &refs, w, &mut |d, t| progress(d, t, &what))?;
+            let (f, r) = eval::perplexity_many(Some(model), &refs, w, &mut |d, t| ev.progress(d, t, &what))?;
             f_text = f_text.or(f);
             for (i, x) in r.into_iter().enumerate() {
                 more_results[done + i].push(x);
@@ -435,7 +361,7 @@ fn run(
         command: s.command.clone(),
         model: model_dir.display().to_string(),
         calib: s.base.calib.as_ref().map(|c| c.describe()),
-        calib_tokens: tokens.len(),
+        calib_tokens: shared.calib_tokens,
         eval_text: s.eval_text.display().to_string(),
         eval_ctx: s.eval_ctx,
         convention: s.convention,
@@ -449,7 +375,7 @@ fn run(
             .map(|o| format!("{}={}:{}{}", o.pattern, o.method.name(), o.bits, o.group_size.map(|g| format!(":{g}")).unwrap_or_default()))
             .collect(),
         skip: s.base.skip.iter().map(|r| r.as_str().to_string()).collect(),
-        calibration_seconds,
+        calibration_seconds: shared.calibration_seconds,
         eval_seconds,
         fp: FpRecord { ppl: fp.ppl, size_mb: fp_bytes as f64 / 1e6, bits: fp_bits },
         records,
@@ -457,8 +383,20 @@ fn run(
     };
     crate::st_write::write_atomic(&tmp.join("results.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     crate::st_write::write_atomic(&tmp.join("results.md"), markdown(&report).as_bytes())?;
-    crate::st_write::write_atomic(&tmp.join("plot.svg"), crate::plot::svg(&report)?.as_bytes())?;
+    crate::st_write::write_atomic(&tmp.join("plot.svg"), crate::plot::svg(&chart(&report))?.as_bytes())?;
     Ok(report)
+}
+
+/// The plot's data: the scored combinations' bits per weight and perplexity.
+fn chart(r: &Report) -> crate::plot::Chart<'_> {
+    crate::plot::Chart {
+        model: &r.model,
+        eval_text: &r.eval_text,
+        eval_ctx: r.eval_ctx,
+        fp_ppl: r.fp.ppl,
+        fp_bits: r.fp.bits,
+        points: r.records.iter().filter(|x| x.skipped.is_none()).map(|x| (x.method.as_str(), x.bpw, x.ppl)).collect(),
+    }
 }
 
 /// The results table (and the settings) as Markdown.

@@ -31,7 +31,7 @@ fn calib_text() -> std::path::PathBuf {
 /// The calibration windows lowbit will draw (its own sampler, seed 0): the input of the test.
 fn windows() -> Vec<Vec<u32>> {
     let tok = lowbit::tokenizer::Tokenizer::from_dir(&shared(FIXTURE)).unwrap();
-    let ids = lowbit::calib::sample_tokens(&tok, &calib_text(), SAMPLES, SEQLEN, 0).unwrap();
+    let ids = lowbit::calib::sample_tokens(&tok, &calib_text(), SAMPLES, SEQLEN, 0, &mut lowbit::events::Quiet).unwrap();
     ids.chunks(SEQLEN).map(|w| w.to_vec()).collect()
 }
 

@@ -29,7 +29,7 @@ fn quantize(out: &Path, method: &str, bits: u32, extra: &[&str]) {
 /// The calibration tokens `lowbit quantize` draws (same file, counts and seed 0).
 fn calib_tokens() -> Vec<u32> {
     let tok = lowbit::tokenizer::Tokenizer::from_dir(&stories()).unwrap();
-    lowbit::calib::sample_tokens(&tok, &calib(), SAMPLES, SEQLEN, 0).unwrap()
+    lowbit::calib::sample_tokens(&tok, &calib(), SAMPLES, SEQLEN, 0, &mut lowbit::events::Quiet).unwrap()
 }
 
 /// Σ over layers of ‖layer_q(x) − layer_fp(x)‖² / ‖layer_fp(x) − x‖², every layer fed the float

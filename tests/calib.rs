@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use lowbit::calib::{allocate, load_recipe, sample_calib, sample_tokens, Calib, Part};
+use lowbit::events::{Collect, Quiet};
 use lowbit::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +34,7 @@ fn a_mix_draws_each_share_from_its_own_text() {
     let (ia, ib) = (ids(&a), ids(&b));
     let c = Calib { parts: vec![Part { path: a.clone(), weight: 3.0 }, Part { path: b.clone(), weight: 1.0 }], recipe: None };
     let seq = 64;
-    let t = sample_calib(&tok, &c, 12, seq, 7).unwrap();
+    let t = sample_calib(&tok, &c, 12, seq, 7, &mut Quiet).unwrap();
     assert_eq!(t.len(), 12 * seq);
     let (mut na, mut nb) = (0, 0);
     for w in t.chunks(seq) {
@@ -48,10 +49,13 @@ fn a_mix_draws_each_share_from_its_own_text() {
     let first: Vec<bool> = t.chunks(seq).map(|w| contains(&ia, w)).collect();
     assert!(first.windows(2).filter(|p| p[0] != p[1]).count() > 1, "{first:?}");
     // Seeded: the same seed gives the same tokens, another seed others.
-    assert_eq!(t, sample_calib(&tok, &c, 12, seq, 7).unwrap());
-    assert_ne!(t, sample_calib(&tok, &c, 12, seq, 8).unwrap());
+    assert_eq!(t, sample_calib(&tok, &c, 12, seq, 7, &mut Quiet).unwrap());
+    assert_ne!(t, sample_calib(&tok, &c, 12, seq, 8, &mut Quiet).unwrap());
     // One file is the plain sampler.
-    assert_eq!(sample_calib(&tok, &Calib::file(&a), 5, seq, 3).unwrap(), sample_tokens(&tok, &a, 5, seq, 3).unwrap());
+    assert_eq!(
+        sample_calib(&tok, &Calib::file(&a), 5, seq, 3, &mut Quiet).unwrap(),
+        sample_tokens(&tok, &a, 5, seq, 3, &mut Quiet).unwrap()
+    );
 }
 
 #[test]
@@ -165,4 +169,26 @@ fn quantize_with_a_recipe_and_a_mix() {
     let s3 =
         run(&tmp.path().join("c"), &["--calib", recipe.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--calib-samples", "3"]);
     assert_eq!(s3["calib_tokens"], 3 * 64);
+}
+
+/// The sampler reports through the caller's events (the library prints nothing): a text shorter
+/// than the windows asked for, and a mix part too small to get a window, are warnings there.
+#[test]
+fn sampler_warnings_go_to_the_events() {
+    let tok = Tokenizer::from_dir(&stories()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time there was a little cat who liked to play in the sun.\n").unwrap();
+    let mut ev = Collect::default();
+    let t = sample_tokens(&tok, &short, 50, 8, 0, &mut ev).unwrap();
+    assert_eq!(t.len(), 50 * 8);
+    assert_eq!(ev.warnings.len(), 1, "{:?}", ev.warnings);
+    assert!(ev.warnings[0].ends_with("× --calib-seqlen 8; the 50 windows will overlap"), "{:?}", ev.warnings);
+    assert!(ev.notes.is_empty());
+
+    let big = shared("data/tinyshakespeare/input.txt");
+    let c = Calib { parts: vec![Part { path: big, weight: 1000.0 }, Part { path: short.clone(), weight: 1.0 }], recipe: None };
+    let mut ev = Collect::default();
+    sample_calib(&tok, &c, 4, 64, 0, &mut ev).unwrap();
+    assert_eq!(ev.warnings, vec![format!("{}: gets no window of the 4 (proportion 1)", short.display())]);
 }

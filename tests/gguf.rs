@@ -1,6 +1,7 @@
 //! GGUF reader and importer: stories260K import equality, known-answer dequantization, a
 //! hand-built GGUF round trip, malformed files, and the Q/K unpermutation.
 
+use lowbit::events::Quiet;
 use lowbit::gguf::{dequantize, hf_name, import_gguf, unpermute_rows, GgmlType, Gguf, ImportOptions, Value};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value as Json;
@@ -141,7 +142,7 @@ fn stories_import_matches_shipped_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stories-f32");
     let opts = ImportOptions { tokenizer: Some(stories("tokenizer.json")), ..Default::default() };
-    let rep = import_gguf(&stories("stories260K.gguf"), &out, &opts).unwrap();
+    let rep = import_gguf(&stories("stories260K.gguf"), &out, &opts, &mut Quiet).unwrap();
     assert_eq!(rep.tensors, 48);
     assert!(!rep.tied_embeddings);
     assert_eq!(rep.ggml_types.get("F32"), Some(&48));
@@ -218,7 +219,7 @@ fn import_builds_output_with_f16_and_respects_force() {
     let gg = stories("stories260K.gguf");
     // No tokenizer: still works (with a warning), config torch_dtype follows the dtype.
     let opts = ImportOptions { dtype: Dtype::F16, ..Default::default() };
-    let rep = import_gguf(&gg, &out, &opts).unwrap();
+    let rep = import_gguf(&gg, &out, &opts, &mut Quiet).unwrap();
     assert!(!rep.tokenizer_copied && rep.config_from_metadata);
     assert!(!out.join("tokenizer.json").exists());
     let cfg: Json = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
@@ -228,11 +229,11 @@ fn import_builds_output_with_f16_and_respects_force() {
     assert_eq!(st.tensor("model.norm.weight").unwrap().dtype(), Dtype::F16);
 
     // Existing output: refused without force, naming the path.
-    let e = import_gguf(&gg, &out, &opts).unwrap_err().to_string();
+    let e = import_gguf(&gg, &out, &opts, &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("exists (use --force") && e.contains("out"), "{e}");
     // With force and a given config: replaced, config copied verbatim.
     let opts = ImportOptions { force: true, config: Some(stories("config.json")), ..Default::default() };
-    let rep = import_gguf(&gg, &out, &opts).unwrap();
+    let rep = import_gguf(&gg, &out, &opts, &mut Quiet).unwrap();
     assert!(!rep.config_from_metadata);
     assert_eq!(std::fs::read(out.join("config.json")).unwrap(), std::fs::read(stories("config.json")).unwrap());
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -650,7 +651,7 @@ fn import_of_hand_built_model_unpermutes_qk_and_ties() {
         .f32_tensor("rope_freqs.weight", &[1], &[1.0]);
     let p = write(dir.path(), "tiny.gguf", &b.build());
     let out = dir.path().join("hf");
-    let rep = import_gguf(&p, &out, &ImportOptions::default()).unwrap();
+    let rep = import_gguf(&p, &out, &ImportOptions::default(), &mut Quiet).unwrap();
     assert!(rep.tied_embeddings);
     assert_eq!(rep.skipped, ["rope_freqs.weight"]);
     let got = st_tensors(&std::fs::read(out.join("model.safetensors")).unwrap());
@@ -683,7 +684,7 @@ fn import_of_hand_built_model_unpermutes_qk_and_ties() {
         .f32_tensor("blk.0.attn_k.weight", &[1, 4], &[10., 12., 11., 13.]);
     let p = write(dir.path(), "k4.gguf", &b.build());
     let out = dir.path().join("hf2");
-    import_gguf(&p, &out, &ImportOptions::default()).unwrap();
+    import_gguf(&p, &out, &ImportOptions::default(), &mut Quiet).unwrap();
     let got = st_tensors(&std::fs::read(out.join("model.safetensors")).unwrap());
     assert_eq!(got["model.layers.0.self_attn.k_proj.weight"].1, [10., 11., 12., 13.]);
 }
@@ -694,7 +695,7 @@ fn import_errors_name_the_file() {
     let mut b = Builder::new();
     b.str("general.architecture", "gpt2");
     let p = write(dir.path(), "arch.gguf", &b.build());
-    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default()).unwrap_err().to_string();
+    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default(), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("arch.gguf") && e.contains("gpt2"), "{e}");
     let mut b = Builder::new();
     b.str("general.architecture", "llama")
@@ -702,19 +703,19 @@ fn import_errors_name_the_file() {
         .f32_tensor("token_embd.weight", &[1, 1], &[0.0])
         .f32_tensor("blk.0.weird.weight", &[1], &[0.0]);
     let p = write(dir.path(), "weird.gguf", &b.build());
-    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default()).unwrap_err().to_string();
+    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default(), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("weird.gguf") && e.contains("blk.0.weird.weight"), "{e}");
     // Missing required metadata (only needed when no config is given).
     let mut b = Builder::new();
     b.str("general.architecture", "llama").u32("llama.attention.head_count", 1).f32_tensor("token_embd.weight", &[1, 1], &[0.0]);
     let p = write(dir.path(), "nometa.gguf", &b.build());
-    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default()).unwrap_err().to_string();
+    let e = import_gguf(&p, &dir.path().join("o"), &ImportOptions::default(), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("nometa.gguf") && e.contains("llama.embedding_length"), "{e}");
     let opts = ImportOptions { config: Some(stories("config.json")), ..Default::default() };
-    import_gguf(&p, &dir.path().join("o"), &opts).unwrap();
+    import_gguf(&p, &dir.path().join("o"), &opts, &mut Quiet).unwrap();
     // A missing tokenizer path fails before any output appears.
     let opts = ImportOptions { tokenizer: Some(dir.path().join("nope.json")), config: opts.config, ..Default::default() };
-    let e = format!("{:#}", import_gguf(&p, &dir.path().join("o2"), &opts).unwrap_err());
+    let e = format!("{:#}", import_gguf(&p, &dir.path().join("o2"), &opts, &mut Quiet).unwrap_err());
     assert!(e.contains("nope.json") && !e.contains('\n'), "{e}");
     assert!(!dir.path().join("o2").exists());
     let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -4,6 +4,7 @@
 //! is given.
 
 use super::Gguf;
+use crate::events::Events;
 use crate::outdir::{OutDir, Source};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use anyhow::{bail, Context, Result};
@@ -139,8 +140,8 @@ fn dtype_name(d: Dtype) -> &'static str {
 /// (`model.safetensors`, `config.json`, and the tokenizer files if given).
 ///
 /// Everything is written into a temporary directory beside `out` and renamed into place at the
-/// end; `out` must not exist unless `opts.force`.
-pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+/// end; `out` must not exist unless `opts.force`. Warnings and the skipped tensors go to `ev`.
+pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions, ev: &mut dyn Events) -> Result<ImportReport> {
     if !matches!(opts.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         bail!("{}: output dtype {:?} not supported (F32, F16 or BF16)", out.display(), opts.dtype);
     }
@@ -204,11 +205,11 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             Some((json, cfg))
         }
         None => {
-            eprintln!(
-                "warning: {}: no --tokenizer given; copy a tokenizer.json into {} before `lowbit eval` or `lowbit quantize` reads text",
+            ev.warn(&format!(
+                "{}: no --tokenizer given; copy a tokenizer.json into {} before `lowbit eval` or `lowbit quantize` reads text",
                 crate::escape::path(gguf),
                 crate::escape::path(out)
-            );
+            ));
             None
         }
     };
@@ -229,7 +230,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     for (info, hf) in plan {
         let name = &info.name;
         let Some(hf) = hf else {
-            eprintln!("{}: skipping {} (not a model weight)", crate::escape::path(gguf), crate::escape::text(name));
+            ev.note(&format!("{}: skipping {} (not a model weight)", crate::escape::path(gguf), crate::escape::text(name)));
             report.skipped.push(name.clone());
             continue;
         };
@@ -256,10 +257,10 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
     report.tensors = outs.len();
 
     // Write into a temporary directory beside `out`, then move it into place.
-    let tmp = od.create_tmp()?.to_path_buf();
+    let tmp = od.create_tmp(ev)?.to_path_buf();
     let st = tmp.join("model.safetensors");
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    crate::quantize::check_finite_output(&outs)?;
+    crate::st_write::check_finite_output(&outs)?;
     write_safetensors(&st, &outs, Some(meta))?;
     drop(outs);
     report.safetensors_bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
@@ -270,7 +271,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             write_atomic(&tmp.join("tokenizer_config.json"), &cfg)?;
         }
     }
-    od.commit()?;
+    od.commit(ev)?;
     Ok(report)
 }
 

@@ -24,6 +24,7 @@
 //! `--float-tables` the tables) are counted at `--float-dtype`.
 
 use super::{calibrate_layer, LinearPlan, Method, Options, Override};
+use crate::events::Events;
 use crate::model::Model;
 use crate::quant::{gptq, rtn};
 use crate::stats::Needs;
@@ -168,7 +169,7 @@ pub fn sensitivities(
     candidates: &[Setting],
     tokens: &[u32],
     seqlen: usize,
-    progress: &mut dyn FnMut(usize, usize, &str),
+    ev: &mut dyn Events,
 ) -> Result<Sensitivity> {
     let t0 = std::time::Instant::now();
     let c = &model.cfg;
@@ -176,7 +177,7 @@ pub fn sensitivities(
     let mut h = model.embed(tokens)?;
     let (mut names, mut shapes, mut loss) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..c.num_layers {
-        progress(i, c.num_layers, "measuring sensitivities");
+        ev.progress(i, c.num_layers, "measuring sensitivities");
         let lw = model.load_layer(i)?;
         super::check_finite_layer(&lw)?;
         // The residual stream entering the layer, rows of the windows the blocks are re-run on.
@@ -239,7 +240,7 @@ pub fn sensitivities(
     let tables = if o.float_tables {
         Vec::new()
     } else {
-        progress(c.num_layers, c.num_layers, "measuring table sensitivities");
+        ev.progress(c.num_layers, c.num_layers, "measuring table sensitivities");
         table_sensitivities(model, o, candidates, tokens, &h, seqlen)?
     };
     Ok(Sensitivity {
@@ -640,7 +641,7 @@ pub fn apply(o: &Options, plan: &Plan) -> Result<Options> {
 }
 
 /// Measure, choose and return the plan for `o.target_bpw` on the model at `model_dir`.
-pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Plan> {
+pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> {
     validate(o)?;
     let model = Model::open_dense(model_dir)?;
     let target = match o.target_size {
@@ -653,7 +654,7 @@ pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize
     let tok = Tokenizer::from_dir(model_dir)?;
     crate::calib::check_budget(o.calib_samples, o.calib_seqlen, model.cfg.hidden_size)?;
     let calib = o.calib.as_ref().expect("validated");
-    let tokens = crate::calib::sample_calib(&tok, calib, o.calib_samples, o.calib_seqlen, o.seed)?;
+    let tokens = crate::calib::sample_calib(&tok, calib, o.calib_samples, o.calib_seqlen, o.seed, ev)?;
     let cands = candidates(o);
     // The sizes first: an impossible budget fails before the sensitivity pass.
     let zero = Sensitivity {
@@ -697,7 +698,7 @@ pub fn plan(model_dir: &Path, o: &Options, progress: &mut dyn FnMut(usize, usize
             s
         }
         cache => {
-            let mut s = sensitivities(&model, o, &cands, &tokens, o.calib_seqlen, progress)?;
+            let mut s = sensitivities(&model, o, &cands, &tokens, o.calib_seqlen, ev)?;
             s.key = key;
             if let Some(p) = cache {
                 crate::st_write::write_atomic(p, serde_json::to_string(&s)?.as_bytes())?;
