@@ -9,6 +9,7 @@ pub mod attention;
 pub mod calib;
 pub mod checkpoint;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod cuda;
 pub mod escape;

@@ -24,7 +24,7 @@ pub use awq::AwqPacked;
 pub use gptq::GptqPacked;
 pub use lowbit::{LowbitModuleMeta, LowbitPacked, LowbitQuantConfig};
 
-use crate::quant::{Grid, GroupQ};
+use crate::codes::{Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;

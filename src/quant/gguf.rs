@@ -13,52 +13,11 @@
 //!   error-compensated weights.
 //! * [`BlockQ`]: a quantized matrix as the bytes of its blocks, row by row.
 
+pub use crate::codes::BlockQ;
 use crate::gguf::blocks::{self, code_value, Block, Kind};
 use crate::gguf::GgmlType;
 use half::f16;
 use rayon::prelude::*;
-
-/// A matrix `[rows][cols]` stored as ggml blocks: row `r` is `cols / block` blocks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlockQ {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<u8>,
-}
-
-impl BlockQ {
-    pub fn kind(&self) -> Kind {
-        Kind::of(self.ty).expect("BlockQ holds a block type")
-    }
-    pub fn row_bytes(&self) -> usize {
-        self.kind().row_bytes(self.cols)
-    }
-    /// Dequantized `[rows][cols]` values (the decode llama.cpp applies).
-    pub fn dequantize(&self) -> Vec<f32> {
-        let kind = self.kind();
-        let mut out = vec![0f32; self.rows * self.cols];
-        let rb = self.row_bytes();
-        if rb == 0 {
-            return out;
-        }
-        out.par_chunks_mut(self.cols).zip(self.data.par_chunks(rb)).for_each(|(o, b)| blocks::dequantize_row(&kind, b, o));
-        out
-    }
-    /// Exact storage in bits.
-    pub fn storage_bits(&self) -> u64 {
-        8 * self.data.len() as u64
-    }
-    /// Reorder rows: row `i` of the result is row `perm[i]` of `self`.
-    pub fn permute_rows(&self, perm: &[usize]) -> BlockQ {
-        let rb = self.row_bytes();
-        let mut data = Vec::with_capacity(self.data.len());
-        for &r in perm {
-            data.extend_from_slice(&self.data[r * rb..(r + 1) * rb]);
-        }
-        BlockQ { data, ..self.clone() }
-    }
-}
 
 #[inline]
 fn f16r(x: f32) -> f32 {
