@@ -355,4 +355,3 @@ impl BlockQ {
         BlockQ { data, ..self.clone() }
     }
 }
-

@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod linalg;
 pub mod mem;
 pub mod model;
+pub mod named;
 pub mod outdir;
 pub mod pack;
 pub mod plot;

@@ -2,10 +2,10 @@
 //! stores, copied as they are: the runner's own arrangement for the kernels is made at upload).
 
 use super::layer::{GpuGrid, PackedOnGpu, VqOutliers, VqResidual};
+use crate::codes::Grid;
 use crate::pack::vq::VqPacked;
 use crate::pack::Packed;
 use crate::qmodel::Stored;
-use crate::codes::Grid;
 
 fn g_idx_i32(g: &[u32]) -> Vec<i32> {
     g.iter().map(|&x| x as i32).collect()

@@ -7,10 +7,10 @@
 //! affine grid (`w = (q − z)·s`, `z` the type's offset, `s = d`), which decodes to the same f32
 //! values: `--format lowbit --gguf-type q4_0` writes the same codes in lowbit's layout.
 
-use crate::gguf::blocks::{self, Kind};
-use crate::gguf::GgmlType;
 use crate::codes::BlockQ;
 use crate::codes::{Grid, GroupQ};
+use crate::gguf::blocks::{self, Kind};
+use crate::gguf::GgmlType;
 use crate::st_write::OutTensor;
 use anyhow::{bail, Result};
 

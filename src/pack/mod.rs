@@ -104,7 +104,7 @@ impl HfQuantMeta {
 /// stores for one ([`Layout::tensor_specs`], exact sizes for `--dry-run`), and which stored
 /// tensors belong to a packed module ([`is_packed_tensor`]). GGUF linears are written by
 /// `crate::gguf::export`; in a lowbit directory GGUF codes use the lowbit layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// lowbit's own layout (any method, 2..8 bits); docs/formats.md.
@@ -115,6 +115,21 @@ pub enum Layout {
     Gptq,
     /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
     Gguf,
+}
+
+impl crate::named::Named for Layout {
+    const ALL: &'static [Self] = &[Layout::Lowbit, Layout::Awq, Layout::Gptq, Layout::Gguf];
+    fn name(self) -> &'static str {
+        Layout::name(self)
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Layout::Lowbit => "lowbit's own layout (any method, 2..8 bits); docs/formats.md",
+            Layout::Awq => "AutoAWQ GEMM (4-bit), loadable by transformers and vLLM",
+            Layout::Gptq => "GPTQ v1 (2/3/4/8-bit; per-module bits and group size in GPTQModel's `dynamic`)",
+            Layout::Gguf => "One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file",
+        }
+    }
 }
 
 impl std::str::FromStr for Layout {

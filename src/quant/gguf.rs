@@ -271,7 +271,7 @@ impl BlockGrid {
     }
 }
 
-impl super::gptq::WalkGrid for BlockGrid {
+impl super::grid::GroupGrid for BlockGrid {
     type Params = Block;
     fn group(&self) -> usize {
         self.kind.block
@@ -279,8 +279,8 @@ impl super::gptq::WalkGrid for BlockGrid {
     fn sub(&self) -> usize {
         self.kind.sub
     }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Block {
-        fit_block(&self.kind, v, Some(imp))
+    fn fit(&self, v: &[f32], imp: Option<&[f32]>) -> Block {
+        fit_block(&self.kind, v, imp)
     }
     fn refit_sub(&self, p: &mut Block, s: usize, v: &[f32], imp: &[f32]) {
         if self.kind.is_k() {

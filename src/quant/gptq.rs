@@ -39,8 +39,10 @@
 //! whole walk in parallel, each with sequential faer kernels. The chunking does not depend on
 //! the thread count, so the result is bit-identical for any number of threads.
 
-use super::rtn::{self, Params};
-use super::{grid_value, shift, statsq, Grid, GroupQ};
+use super::grid::{self, GroupGrid, ScalarGrid};
+use super::recipe::{Core, Recipe};
+use super::rtn::{self, Range};
+use super::{Grid, GroupQ};
 use anyhow::{anyhow, ensure, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
@@ -48,6 +50,21 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::time::Instant;
+
+/// `gptq`: GPTQ on the affine grid.
+pub const GPTQ: Recipe = Recipe {
+    name: "gptq",
+    help: "GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab)",
+    awq: false,
+    core: Core::Gptq(Grid::Affine),
+    propagates: true,
+};
+
+/// `gptq+X`: GPTQ's error feedback on the grid of method `grid` (its scales from the grid's
+/// diag(H)-weighted fit).
+pub const fn on(grid: Recipe, name: &'static str, help: &'static str) -> Recipe {
+    Recipe { name, help, awq: false, core: Core::Gptq(grid.grid()), propagates: true }
+}
 
 /// Output rows per parallel work item (fixed, so results do not depend on the thread count).
 const ROWS: usize = 32;
@@ -94,76 +111,6 @@ impl GptqConfig {
     }
 }
 
-/// The grid GPTQ's column walk rounds to: how a group's parameters are fitted, which code a
-/// value gets and which value a code stands for. `k` is the column's position inside its group.
-/// [`ColumnGrid`] is the affine / zero-free grid of [`GroupQ`]; the GGUF block grids
-/// ([`super::gguf::BlockGrid`]) fit a whole block at its first column and refit each sub-block's
-/// integer scale when the walk enters it.
-pub trait WalkGrid: Sync {
-    type Params: Clone + Send + Sync;
-    /// Columns that share fitted parameters.
-    fn group(&self) -> usize;
-    /// Columns of a sub-group whose parameters [`WalkGrid::refit_sub`] may refit on the updated
-    /// weights when the walk enters it (the group itself by default: no refit).
-    fn sub(&self) -> usize {
-        self.group()
-    }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Self::Params;
-    fn refit_sub(&self, _p: &mut Self::Params, _s: usize, _v: &[f32], _imp: &[f32]) {}
-    fn code(&self, w: f32, p: &Self::Params, k: usize) -> u8;
-    fn value(&self, code: u8, p: &Self::Params, k: usize) -> f32;
-}
-
-/// One group's fitted parameters, the code of a value and the value of a code, on the grid of
-/// a [`GptqConfig`]. `imp` (the group's `diag(H)`) steers the zero-free grids' scale search.
-#[derive(Clone, Copy)]
-struct ColumnGrid {
-    grid: Grid,
-    bits: u8,
-    sym: bool,
-    group: usize,
-}
-
-impl WalkGrid for ColumnGrid {
-    type Params = Params;
-    fn group(&self) -> usize {
-        self.group
-    }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Params {
-        let (b, n) = (self.bits, v.len());
-        match self.grid {
-            Grid::Affine => rtn::params_of(v, b, self.sym),
-            Grid::HalfInt => Params { scale: statsq::statsq(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
-            Grid::Shift => Params { scale: shift::shift(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
-        }
-    }
-
-    #[inline]
-    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
-        match self.grid {
-            Grid::Affine => rtn::quantize_value(w, *p, self.bits),
-            Grid::HalfInt => statsq::statsq_code(w, p.scale, self.bits),
-            Grid::Shift => shift::shift_code(w, p.scale, self.bits),
-        }
-    }
-
-    #[inline]
-    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
-        grid_value(self.grid, self.bits, code, p.scale, p.zero)
-    }
-}
-
-impl ColumnGrid {
-    /// The same weight quantized group by group without error feedback (the report's baseline).
-    fn baseline(&self, w: &[f32], out: usize, inn: usize, group: usize, imp: &[f32]) -> GroupQ {
-        match self.grid {
-            Grid::Affine => rtn::quantize(w, out, inn, self.bits, group, self.sym),
-            Grid::HalfInt => statsq::statsq(w, out, inn, self.bits, group, Some(imp)),
-            Grid::Shift => shift::shift(w, out, inn, self.bits, group, Some(imp)),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GptqReport {
     /// `tr((W - Q)·H·(W - Q)ᵀ)` of the GPTQ result, with the undamped `H` as given (dead
@@ -180,24 +127,32 @@ pub struct GptqReport {
 /// (`(2/n)·Σ x·xᵀ`, see [`crate::stats::InputStats::hessian`]). Fails on malformed shapes or
 /// settings, non-finite inputs, and a Hessian that is not positive definite after damping.
 pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> Result<(GroupQ, GptqReport)> {
-    let t0 = Instant::now();
-    let (n, bits, g) = (inn, cfg.bits, cfg.group_size);
+    let (bits, g) = (cfg.bits, cfg.group_size);
     ensure!((1..=8).contains(&bits), "gptq: bits must be in 1..=8, got {bits}");
     ensure!(cfg.grid == Grid::Affine || bits >= 2, "gptq: the {:?} grid needs at least 2 bits", cfg.grid);
-    let cg = ColumnGrid { grid: cfg.grid, bits, sym: cfg.sym, group: g };
-    let mut wk = walk(w, out, inn, h, cfg, &cg)?;
+    gptq_with(w, out, inn, h, cfg, &*grid::scalar(cfg.grid, bits, g, cfg.sym, Range::WithZero))
+}
+
+/// [`gptq`] on any scalar grid (groups of `grid.group()` columns; `cfg.grid`, `bits`, `sym` and
+/// `group_size` unused): the codes and parameters as a [`GroupQ`], with a g_idx under act-order.
+pub fn gptq_with<G: ScalarGrid + ?Sized>(
+    w: &[f32],
+    out: usize,
+    n: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+    cg: &G,
+) -> Result<(GroupQ, GptqReport)> {
+    let t0 = Instant::now();
+    let g = cg.group();
+    let mut wk = walk(w, out, n, h, cfg, cg)?;
     let ng = n.div_ceil(g.max(1));
-    let mut q = GroupQ {
-        out_features: out,
-        in_features: n,
-        bits,
-        group_size: g,
-        grid: cfg.grid,
-        codes: std::mem::take(&mut wk.codes),
-        scales: wk.params.iter().map(|p| p.scale).collect(),
-        zeros: wk.params.iter().map(|p| p.zero).collect(),
-        g_idx: None,
-    };
+    let mut q = GroupQ::new(out, n, cg.bits(), g, cg.kind(), ng);
+    q.codes = std::mem::take(&mut wk.codes);
+    for (k, p) in wk.params.iter().enumerate() {
+        q.scales[k] = p.scale;
+        q.zeros[k] = p.zero;
+    }
     debug_assert_eq!(q.scales.len(), out * ng);
     if cfg.act_order && !cfg.static_groups && ng > 1 {
         // Groups follow walk order: original column perm[j] is in group j / g.
@@ -208,16 +163,16 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
         q.g_idx = Some(g_idx);
     }
     let h_weighted_error = wk.err_sq - wk.lambda * wk.sq_norm(w, &q.dequantize());
-    let rtn_q = cg.baseline(w, out, n, g, &wk.imp).dequantize();
+    let rtn_q = grid::quantize(cg, w, out, n, Some(&wk.imp)).dequantize();
     let rtn_error = l_error(w, &rtn_q, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &rtn_q);
     Ok((q, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
 }
 
-/// GPTQ's walk on any [`WalkGrid`] (the GGUF block grids): the codes `[out][inn]`, the fitted
+/// GPTQ's walk on any [`GroupGrid`] (the GGUF block grids): the codes `[out][inn]`, the fitted
 /// parameters `[out][inn / group]` (groups in natural column order: act-order needs
 /// `static_groups`, since the grid has no g_idx) and the error report (the baseline is the grid's
 /// own fit on the original weight, without error feedback). `cfg.group_size` is ignored.
-pub fn gptq_on<G: WalkGrid>(
+pub fn gptq_on<G: GroupGrid + ?Sized>(
     w: &[f32],
     out: usize,
     inn: usize,
@@ -246,18 +201,7 @@ pub fn gptq_on<G: WalkGrid>(
         return Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error: f64::NAN, seconds: t0.elapsed().as_secs_f64() }));
     }
     // Baseline: the grid's fit of every group of the original weight, nearest codes.
-    let mut base_params = Vec::with_capacity(out * ng);
-    let mut base_codes = vec![0u8; out * inn];
-    for r in 0..out {
-        let row = &w[r * inn..(r + 1) * inn];
-        for k in 0..ng {
-            let p = grid.fit(&row[k * g..(k + 1) * g], &wk.imp[k * g..(k + 1) * g]);
-            for c in k * g..(k + 1) * g {
-                base_codes[r * inn + c] = grid.code(row[c], &p, c - k * g);
-            }
-            base_params.push(p);
-        }
-    }
+    let (base_codes, base_params) = grid::fit_rows(grid, w, out, inn, Some(&wk.imp));
     let base = deq_of(&base_codes, &base_params);
     let rtn_error = l_error(w, &base, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &base);
     Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
@@ -287,7 +231,7 @@ impl<P> Walk<P> {
     }
 }
 
-fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig, cg: &G) -> Result<Walk<G::Params>> {
+fn walk<G: GroupGrid + ?Sized>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig, cg: &G) -> Result<Walk<G::Params>> {
     let (n, g) = (inn, cg.group());
     ensure!(out > 0 && n > 0, "gptq: empty weight ({out}x{n})");
     ensure!(w.len() == out * n, "gptq: weight has {} values, expected {out}x{n}", w.len());
@@ -360,7 +304,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
                 for (r, row) in w.chunks(n).enumerate() {
                     let row: Vec<f32> = row.iter().enumerate().map(|(i, &v)| if dead[i] { 0.0 } else { v }).collect();
                     for (k, (a, b)) in rtn::groups(n, g).enumerate() {
-                        params[r * ng + k] = Some(cg.fit(&row[a..b], &imp[a..b]));
+                        params[r * ng + k] = Some(cg.fit(&row[a..b], Some(&imp[a..b])));
                     }
                 }
             }
@@ -377,7 +321,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
                             let end = (j + g).min(n);
                             let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
                             let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
-                            params[k] = Some(cg.fit(&cur, &cur_imp));
+                            params[k] = Some(cg.fit(&cur, Some(&cur_imp)));
                         } else if refit && j % sub == 0 {
                             let end = (j + sub).min(n);
                             let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();

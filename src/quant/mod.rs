@@ -4,11 +4,13 @@
 pub mod awq;
 pub mod gguf;
 pub mod gptq;
+pub mod grid;
 pub mod kmeans;
+pub mod methods;
+pub mod recipe;
 pub mod rtn;
 pub mod shift;
 pub mod statsq;
 pub mod vptq;
 
 pub use crate::codes::{grid_value, BlockQ, Grid, GroupQ, QTensor, VqQ};
-

@@ -23,8 +23,9 @@
 //! channels), each processed sequentially, so results do not depend on the thread count.
 
 use super::kmeans::{kmeans, Codebook, KMeansConfig};
-pub use crate::codes::{dequant_value, index_bits};
+use super::recipe::{Core, Recipe};
 use crate::codes::VqQ;
+pub use crate::codes::{dequant_value, index_bits};
 use anyhow::{bail, ensure, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
@@ -32,6 +33,15 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::time::Instant;
+
+/// `vptq`: vector quantization; later layers see its quantized outputs.
+pub const VPTQ: Recipe = Recipe {
+    name: "vptq",
+    help: "VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored)",
+    awq: false,
+    core: Core::Vptq,
+    propagates: true,
+};
 
 /// VPTQ settings.
 #[derive(Clone, Debug, PartialEq)]
