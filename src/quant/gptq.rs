@@ -40,12 +40,11 @@
 //! the thread count, so the result is bit-identical for any number of threads.
 
 use super::grid::{self, GroupGrid, ScalarGrid};
+use super::hessian;
 use super::recipe::{Core, Recipe};
 use super::rtn::{self, Range};
 use super::{Grid, GroupQ};
-use anyhow::{anyhow, ensure, Result};
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
+use anyhow::{ensure, Result};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -244,7 +243,7 @@ fn walk<G: GroupGrid + ?Sized>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg
     let sub = cg.sub().clamp(1, g);
 
     // Dead channels, walk order, damped Hessian in walk order, and U = chol(H⁻¹)ᵀ.
-    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
+    let dead = hessian::dead(h, n);
     let diag = |i: usize| if dead[i] { 1.0 } else { h[i * n + i] };
     // diag(H) per original column (0 on dead ones), the zero-free grids' importance.
     let imp: Vec<f32> = (0..n).map(|i| if dead[i] { 0.0 } else { h[i * n + i] as f32 }).collect();
@@ -252,16 +251,7 @@ fn walk<G: GroupGrid + ?Sized>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg
     if cfg.act_order {
         perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a))); // stable: ties keep index order
     }
-    let lambda = cfg.damp * (0..n).map(diag).sum::<f64>() / n as f64;
-    let hp = Mat::from_fn(n, n, |i, j| {
-        let (a, b) = (perm[i], perm[j]);
-        if a == b {
-            diag(a) + lambda
-        } else {
-            h[a * n + b]
-        }
-    });
-    let (l, u) = factor(hp, cfg.damp)?;
+    let hessian::Prepared { lambda, l, u } = hessian::prepare(n, |a, b| h[a * n + b], &dead, &perm, cfg.damp)?;
 
     // Walk order: group of walk position j, and whether params are refitted there.
     let refit = !cfg.static_groups;
@@ -359,40 +349,6 @@ fn walk<G: GroupGrid + ?Sized>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg
     // and H_d = U⁻¹·U⁻ᵀ gives tr(E·H_d·Eᵀ) = ‖Err‖²: GPTQ's own loss, at no extra cost. For RTN,
     // tr(E·H_d·Eᵀ) = ‖E·L‖² with H_d = L·Lᵀ, half the work of E·H.
     Ok(Walk { codes: codes_all, params, err_sq: err_sq.iter().sum(), lambda, perm, dead, imp, l })
-}
-
-/// The damped Hessian's Cholesky factor `L` (`H_d = L·Lᵀ`, for the error report) and the upper
-/// Cholesky factor `U` of its inverse (`H_d⁻¹ = Uᵀ·U`), row-major: `H_d⁻¹` from `L`, then
-/// `H_d⁻¹ = L'·L'ᵀ` and `U = L'ᵀ`, as `gptq.py`. Sequential, so the result does not depend on
-/// the thread count.
-fn factor(mut l: Mat<f64>, damp: f64) -> Result<(Mat<f64>, Vec<f64>)> {
-    let n = l.nrows();
-    let par = Par::Seq;
-    let req = llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default()).or(llt::inverse::inverse_scratch::<f64>(n, par));
-    let mut mem = MemBuffer::new(req);
-    let stack = MemStack::new(&mut mem);
-    let not_pd = |what: &str| anyhow!("{what} is not positive definite after damping {damp}; increase --damp");
-    llt::factor::cholesky_in_place(l.as_mut(), Default::default(), par, stack, Default::default()).map_err(|_| not_pd("Hessian"))?;
-    for j in 1..n {
-        for i in 0..j {
-            l[(i, j)] = 0.0;
-        }
-    }
-    // H⁻¹ and its Cholesky factor L' are computed straight in `u`'s buffer, viewed column-major:
-    // column i of L' is then row i of U = L'ᵀ, with no second n×n matrix (n² f64 is 1.6 GB for
-    // an 8B model's down_proj).
-    let mut u = vec![0f64; n * n];
-    let mut inv = MatMut::from_column_major_slice_mut(&mut u, n, n);
-    llt::inverse::inverse(inv.as_mut(), l.as_ref(), par, stack);
-    llt::factor::cholesky_in_place(inv.as_mut(), Default::default(), par, stack, Default::default())
-        .map_err(|_| not_pd("Inverse Hessian (numerically)"))?;
-    // U's strictly lower part (L''s strictly upper part, left over from the inverse) is zero.
-    for j in 1..n {
-        for i in 0..j {
-            inv[(i, j)] = 0.0;
-        }
-    }
-    Ok((l, u))
 }
 
 /// `‖E·L‖²` for `E = a - b` (`[out][n]`, dead channels zeroed) in walk order `perm` and the lower

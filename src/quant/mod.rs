@@ -5,6 +5,7 @@ pub mod awq;
 pub mod gguf;
 pub mod gptq;
 pub mod grid;
+pub mod hessian;
 pub mod kmeans;
 pub mod methods;
 pub mod recipe;

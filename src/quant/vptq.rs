@@ -22,15 +22,14 @@
 //! The work is split into fixed chunks of output vectors (error feedback never mixes output
 //! channels), each processed sequentially, so results do not depend on the thread count.
 
+use super::hessian;
 use super::kmeans::{kmeans, Codebook, KMeansConfig};
 use super::recipe::{Core, Recipe};
 use crate::codes::VqQ;
 pub use crate::codes::{dequant_value, index_bits};
 use anyhow::{bail, ensure, Result};
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -242,7 +241,7 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         }
     }
     // Dead inputs (H_ii = 0) carry no signal: zero their weights (GPTQ).
-    let dead: Vec<bool> = (0..inn).map(|i| h[i * inn + i] == 0.0).collect();
+    let dead = hessian::dead(h, inn);
     for i in (0..inn).filter(|&i| dead[i]) {
         wt[i * out..(i + 1) * out].iter_mut().for_each(|x| *x = 0.0);
     }
@@ -269,21 +268,15 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         (None, None)
     };
     let s_of = |i: usize| col_scale.as_ref().map_or(1.0, |s| s[i] as f64);
-    let mut hn: Vec<f64> = (0..inn * inn).map(|x| h[x] * s_of(x / inn) * s_of(x % inn)).collect();
-    let diag_w: Vec<f32> = (0..inn).map(|i| hn[i * inn + i].max(0.0) as f32).collect();
+    let hn = |a: usize, b: usize| h[a * inn + b] * s_of(a) * s_of(b);
+    let diag_w: Vec<f32> = (0..inn).map(|i| hn(i, i).max(0.0) as f32).collect();
 
-    // Damped Hessian → upper Cholesky factor of its inverse.
-    for i in 0..inn {
-        if dead[i] {
-            hn[i * inn + i] = 1.0;
-        }
+    // Damped Hessian → upper Cholesky factor of its inverse (f32).
+    let order: Vec<usize> = (0..inn).collect();
+    let u: Vec<f32> = hessian::prepare(inn, hn, &dead, &order, cfg.damp)?.u.iter().map(|&x| x as f32).collect();
+    if let Some(i) = (0..inn).find(|&i| !(u[i * inn + i].is_finite() && u[i * inn + i] > 0.0)) {
+        return Err(hessian::not_pd(cfg.damp, &format!("zero pivot at column {i}")));
     }
-    let damp = cfg.damp * (0..inn).map(|i| hn[i * inn + i]).sum::<f64>() / inn as f64;
-    for i in 0..inn {
-        hn[i * inn + i] += damp;
-    }
-    let u = inverse_cholesky_upper(&hn, inn)?;
-    drop(hn);
 
     // Codebooks by weighted k-means on the (normalised) weight vectors.
     let tk = Instant::now();
@@ -376,35 +369,6 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((q, report))
-}
-
-/// `U` (row-major `n × n`, f32) with `H⁻¹ = Uᵀ U`, via Cholesky of `H`, its inverse and the
-/// Cholesky factor of that; sequential so the result is thread-count independent.
-fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f32>> {
-    let not_pd = |what: &str| {
-        anyhow::anyhow!("VPTQ: Hessian is not positive definite after damping ({what}); raise damp or use more calibration data")
-    };
-    let mut l = Mat::<f64>::from_fn(n, n, |i, j| if j <= i { h[i * n + j] } else { 0.0 });
-    let req = llt::factor::cholesky_in_place_scratch::<f64>(n, Par::Seq, Default::default())
-        .or(llt::inverse::inverse_scratch::<f64>(n, Par::Seq));
-    let mut mem = MemBuffer::new(req);
-    llt::factor::cholesky_in_place(l.as_mut(), Default::default(), Par::Seq, MemStack::new(&mut mem), Default::default())
-        .map_err(|_| not_pd("Cholesky of H failed"))?;
-    let mut inv = Mat::<f64>::zeros(n, n);
-    llt::inverse::inverse(inv.as_mut(), l.as_ref(), Par::Seq, MemStack::new(&mut mem));
-    // `inverse` fills the lower triangle, which is all the next factorisation reads.
-    llt::factor::cholesky_in_place(inv.as_mut(), Default::default(), Par::Seq, MemStack::new(&mut mem), Default::default())
-        .map_err(|_| not_pd("Cholesky of H⁻¹ failed"))?;
-    let mut u = vec![0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = inv[(j, i)] as f32;
-        }
-    }
-    if let Some(i) = (0..n).find(|&i| !(u[i * n + i].is_finite() && u[i * n + i] > 0.0)) {
-        return Err(not_pd(&format!("zero pivot at column {i}")));
-    }
-    Ok(u)
 }
 
 /// `tr((W−Q) H (W−Q)ᵀ) = Σ_o e_o·H·e_oᵀ`: `E·H` by an f32 GEMM over fixed chunks of rows,
