@@ -5,7 +5,7 @@ use super::layer::{GpuGrid, PackedOnGpu, VqOutliers, VqResidual};
 use crate::codes::Grid;
 use crate::pack::vq::VqPacked;
 use crate::pack::Packed;
-use crate::qmodel::Stored;
+use crate::pack::scheme::Stored;
 
 fn g_idx_i32(g: &[u32]) -> Vec<i32> {
     g.iter().map(|&x| x as i32).collect()

@@ -18,6 +18,7 @@ pub mod awq;
 pub mod gguf;
 pub mod gptq;
 pub mod lowbit;
+pub mod scheme;
 pub mod vq;
 
 pub use awq::AwqPacked;
