@@ -20,6 +20,17 @@ pub enum Grid {
     Shift,
 }
 
+impl Grid {
+    /// The grid's name in lowbit's quantization_config and the GPU kernels' names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grid::Affine => "affine",
+            Grid::HalfInt => "halfint",
+            Grid::Shift => "shift",
+        }
+    }
+}
+
 /// A group-quantized linear weight: every `out` row is cut into groups along `in`
 /// (`group_size` wide, the last one shorter when it does not divide `in_features`).
 #[derive(Clone, Debug, PartialEq)]

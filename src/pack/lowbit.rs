@@ -59,11 +59,7 @@ pub mod grid_name {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn name(g: Grid) -> &'static str {
-        match g {
-            Grid::Affine => "affine",
-            Grid::HalfInt => "halfint",
-            Grid::Shift => "shift",
-        }
+        g.name()
     }
     pub fn parse(s: &str) -> Option<Grid> {
         [Grid::Affine, Grid::HalfInt, Grid::Shift].into_iter().find(|&g| name(g) == s)
@@ -79,7 +75,7 @@ pub mod grid_name {
 
 /// Bytes per packed row: `ceil(in*bits/8)` rounded up to a multiple of 4.
 pub fn row_bytes(in_features: usize, bits: u8) -> usize {
-    (in_features * bits as usize).div_ceil(32) * 4
+    super::stream_row_bytes(in_features, bits as usize)
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -160,6 +160,12 @@ pub struct Want {
 /// One stored tensor of a packed module: name suffix, dtype, shape.
 pub type TensorSpec = (&'static str, Dtype, Vec<usize>);
 
+/// Bytes of one bit-stream row of `n` codes of `bits` bits, padded to whole 32-bit words (the
+/// lowbit layout's code rows and the VQ layout's index rows; the GPU kernels read the same).
+pub fn stream_row_bytes(n: usize, bits: usize) -> usize {
+    4 * (n * bits).div_ceil(32)
+}
+
 /// Stored bytes of a tensor of `dtype` and `shape` (what `--dry-run` and the size planner count).
 pub fn spec_bytes(dtype: Dtype, shape: &[usize]) -> usize {
     shape.iter().product::<usize>() * dtype.bitsize() / 8

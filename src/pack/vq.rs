@@ -51,7 +51,7 @@ pub struct VqModuleMeta {
 
 /// Bytes of one packed index row: `n` indices of `bits` bits, rounded up to whole 32-bit words.
 pub fn row_bytes(n: usize, bits: usize) -> usize {
-    4 * (n * bits).div_ceil(32)
+    super::stream_row_bytes(n, bits)
 }
 
 impl VqQ {
