@@ -150,25 +150,10 @@ pub fn minmax(v: &[f32]) -> (f32, f32) {
     v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)))
 }
 
-/// Quantize-dequantize ("fake quantization") of one group in place.
-pub fn fake_quant_group(v: &mut [f32], bits: u8, sym: bool) {
-    fake_quant_group_in(v, bits, sym, Range::WithZero)
-}
-
-/// [`fake_quant_group`] on a grid spanning `range`.
+/// Quantize-dequantize ("fake quantization") of one group in place, on a grid spanning `range`.
 pub fn fake_quant_group_in(v: &mut [f32], bits: u8, sym: bool, range: Range) {
     let p = params_in(v, bits, sym, range);
     for x in v.iter_mut() {
         *x = dequantize_value(quantize_value(*x, p, bits), p);
     }
-}
-
-/// Fake-quantize a whole `[out][inn]` matrix in place.
-pub fn fake_quant(w: &mut [f32], inn: usize, bits: u8, group: usize, sym: bool) {
-    use rayon::prelude::*;
-    w.par_chunks_mut(inn).for_each(|row| {
-        for (a, b) in groups(inn, group) {
-            fake_quant_group(&mut row[a..b], bits, sym);
-        }
-    });
 }
