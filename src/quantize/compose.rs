@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::time::Instant;
 
-pub use crate::quant::methods::Method;
+use crate::quant::methods::Method;
 
 impl Method {
     /// The `--method` name.
