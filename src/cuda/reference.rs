@@ -5,7 +5,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::layer::{lowbit_groups, stream_row_bytes, PackedOnGpu};
+use super::layer::{lowbit_groups, stream_row_bytes, GpuGrid, PackedOnGpu};
 
 /// `n` bits at stream bit `bit` of a little-endian byte stream.
 pub(crate) fn bits_u8(stream: &[u8], bit: usize, n: u32) -> u32 {
@@ -75,8 +75,27 @@ impl PackedOnGpu {
                     let gr = g_idx.as_ref().map_or(i / group_size, |g| g[i] as usize);
                     let q = bits_u8(row, i * b as usize, b);
                     let s = scales[o * ng + gr].to_f32();
-                    let z = qzeros.as_ref().map_or(0, |z| z[o * ng + gr]);
-                    *wi = crate::codes::grid_value(*grid, b as u8, q as u8, s, z);
+                    // Decoded here from the formulas, not by codes::grid_value: this is the
+                    // independent reference the kernels and the pack decoders are checked against.
+                    *wi = match grid {
+                        GpuGrid::Affine => {
+                            let z = qzeros.as_ref().map_or(0, |z| z[o * ng + gr]) as f32;
+                            (q as f32 - z) * s
+                        }
+                        GpuGrid::HalfInt => {
+                            let n = (1u32 << (b - 1)) as f32;
+                            s * (q as f32 - n + 0.5) / n
+                        }
+                        GpuGrid::Shift => {
+                            let p = q & ((1 << (b - 1)) - 1);
+                            let v = s * (-(p as f32)).exp2();
+                            if q >> (b - 1) & 1 == 1 {
+                                -v
+                            } else {
+                                v
+                            }
+                        }
+                    };
                 }
             }
             PackedOnGpu::Vq { out, v, idx_bits, indices, codebook, residual, col_scale, col_bias, outliers, .. } => {
