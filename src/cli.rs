@@ -6,6 +6,7 @@ mod progress;
 pub use commands::run;
 pub use progress::StderrEvents;
 
+use crate::named;
 use crate::quantize::{AwareWeight, Format, Method};
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
@@ -129,7 +130,7 @@ pub struct QuantSettings {
     #[arg(help_heading = "AWQ", long, default_value_t = 2048)]
     pub search_tokens: usize,
     /// AWQ: the span of each group's asymmetric grid (search, clip and stored codes).
-    #[arg(help_heading = "AWQ", long, value_enum, default_value_t = crate::quant::rtn::Range::WithZero)]
+    #[arg(help_heading = "AWQ", long, value_parser = named::parser::<crate::quant::rtn::Range>(), default_value = "with-zero")]
     pub awq_range: crate::quant::rtn::Range,
     /// AWQ: AutoAWQ's symmetric clip search (one shrink for both ends of a group's range) instead
     /// of shrinking the two ends separately.
@@ -189,7 +190,7 @@ pub struct QuantSettings {
     #[arg(help_heading = "VPTQ", long)]
     pub vq_normalize: bool,
     /// statsq-aware/shift-aware: the per-input-channel importance that weights the scale search.
-    #[arg(help_heading = "StatsQ / shift", long, value_enum, default_value_t = AwareWeight::MeanSq)]
+    #[arg(help_heading = "StatsQ / shift", long, value_parser = named::parser::<AwareWeight>(), default_value = "mean-sq")]
     pub aware_weight: AwareWeight,
     /// Replace an existing output directory, only one lowbit wrote (its lowbit-output.json lists
     /// every file) and that holds nothing else; anything else is refused (docs/outputs.md).
@@ -305,13 +306,13 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     /// Quantization method: rtn (round to nearest), awq, gptq, vptq (vector quantization), statsq,
     /// shift (zero-free power-of-two) and their activation-aware variants (docs/).
-    #[arg(long, value_enum, default_value_t = Method::Awq)]
+    #[arg(long, value_parser = named::parser::<Method>(), default_value = "awq")]
     pub method: Method,
     /// Bits per weight code, 2..=8.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=8))]
     pub bits: u8,
     /// Output layout.
-    #[arg(long, value_enum, default_value_t = Format::Lowbit)]
+    #[arg(long, value_parser = named::parser::<Format>(), default_value = "lowbit")]
     pub format: Format,
     /// AWQ/GPTQ/VPTQ: calibrate later layers on the float model's activations instead of
     /// re-running each quantized layer (about 1 FP forward less; the default is GPTQ's sequential
@@ -368,7 +369,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Methods, comma-separated (any of `lowbit quantize --method`).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Method::Rtn, Method::Awq, Method::Gptq])]
+    #[arg(long, value_parser = named::parser::<Method>(), value_delimiter = ',', default_values = ["rtn", "awq", "gptq"])]
     pub methods: Vec<Method>,
     /// Bit widths, comma-separated. VPTQ maps 2/3/4 bits to vector length and codebook size
     /// (v4 k256, v3 k512, v2 k256).

@@ -140,7 +140,7 @@ pub fn vptq_for_bits(bits: u8, base: &VptqConfig, out_dims: &[usize]) -> Option<
 
 fn combo_name(o: &Options) -> String {
     match o.method {
-        Method::Vptq => format!("vptq-v{}k{}", o.vptq.vector_len, o.vptq.centroids),
+        m if m.is_vq() => format!("{}-v{}k{}", m.name(), o.vptq.vector_len, o.vptq.centroids),
         m => format!("{}-w{}g{}", m.name().replace('+', "-"), o.bits, o.group_size),
     }
 }
@@ -150,7 +150,7 @@ fn empty_record(o: &Options) -> Record {
         method: o.method.name().into(),
         bits: o.bits,
         group_size: o.group_size,
-        vq: (o.method == Method::Vptq).then(|| format!("v{}k{}", o.vptq.vector_len, o.vptq.centroids)),
+        vq: o.method.is_vq().then(|| format!("v{}k{}", o.vptq.vector_len, o.vptq.centroids)),
         skipped: None,
         bpw: None,
         model_bpw: None,
@@ -170,7 +170,7 @@ fn check_combo(model: &Model, o: &Options) -> Option<String> {
     if let Err(e) = quantize::validate(o) {
         return Some(format!("{e:#}"));
     }
-    if o.method == Method::Vptq {
+    if o.method.is_vq() {
         for spec in model.cfg.family.linears() {
             let (out, inn) = model.linear_shape(spec);
             if let Err(e) = o.vptq.check_shape(out, inn) {
@@ -260,7 +260,7 @@ fn run(inputs: &Inputs, tmp: &Path, ev: &mut dyn Events) -> Result<Report> {
     for &m in &s.methods {
         for &b in &s.bits {
             let mut o = Options { method: m, bits: b, ..s.base.clone() };
-            if m == Method::Vptq {
+            if m.is_vq() {
                 match vptq_for_bits(b, &s.base.vptq, &out_dims) {
                     Some(v) => o.vptq = v,
                     None => {

@@ -7,7 +7,7 @@
 //! when no layer is selected.
 
 use crate::cuda::{self, GpuVerifier, PackedOnGpu};
-use crate::qmodel::{QuantScheme, Stored};
+use crate::pack::scheme::{QuantScheme, Stored};
 use crate::weights::Checkpoint;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;

@@ -114,7 +114,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         let verb = if s.dry_run { "would write" } else { "wrote" };
-        let what = if o.method == Method::Vptq {
+        let what = if o.method.is_vq() {
             format!("vptq v{} k{}", o.vptq.vector_len, o.vptq.centroids)
         } else {
             format!("{} {}-bit g{}", s.method, s.bits, s.group_size)

@@ -1,11 +1,10 @@
 //! The GPU runner's layers built from the pack types of src/pack/ (the same tensors a checkpoint
 //! stores, copied as they are: the runner's own arrangement for the kernels is made at upload).
 
-use super::layer::{GpuGrid, PackedOnGpu, VqOutliers, VqResidual};
+use super::layer::{PackedOnGpu, VqOutliers, VqResidual};
+use crate::pack::scheme::Stored;
 use crate::pack::vq::VqPacked;
 use crate::pack::Packed;
-use crate::qmodel::Stored;
-use crate::quant::Grid;
 
 fn g_idx_i32(g: &[u32]) -> Vec<i32> {
     g.iter().map(|&x| x as i32).collect()
@@ -37,11 +36,7 @@ impl From<&Packed> for PackedOnGpu {
                 in_features: l.in_features,
                 bits: l.bits as u32,
                 group_size: l.group_size,
-                grid: match l.grid {
-                    Grid::Affine => GpuGrid::Affine,
-                    Grid::HalfInt => GpuGrid::HalfInt,
-                    Grid::Shift => GpuGrid::Shift,
-                },
+                grid: l.grid,
                 qweight: l.qweight.clone(),
                 scales: l.scales.clone(),
                 qzeros: l.qzeros.clone(),

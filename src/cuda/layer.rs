@@ -5,26 +5,8 @@
 use anyhow::{anyhow, bail, Result};
 use half::f16;
 
-/// Value grid of the lowbit layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuGrid {
-    /// `w = (q - z) * s`
-    Affine,
-    /// `w = s * (q - n + 0.5) / n`, `n = 2^(b-1)`
-    HalfInt,
-    /// `w = ±s * 2^-p` (top bit sign, low b-1 bits p)
-    Shift,
-}
-
-impl GpuGrid {
-    pub fn name(self) -> &'static str {
-        match self {
-            GpuGrid::Affine => "affine",
-            GpuGrid::HalfInt => "halfint",
-            GpuGrid::Shift => "shift",
-        }
-    }
-}
+/// Value grid of the lowbit layout: the code types' [`crate::codes::Grid`].
+pub use crate::codes::Grid as GpuGrid;
 
 /// A packed linear layer `W [out, in]` as raw host arrays.
 #[derive(Clone, Debug)]
@@ -92,9 +74,9 @@ pub struct VqOutliers {
     pub codebook: Vec<f16>,
 }
 
-/// Bytes of one bit-stream row holding `n` codes of `bits` bits: ceil(n*bits/8) rounded up to 4.
+/// Bytes of one bit-stream row holding `n` codes of `bits` bits ([`crate::pack::stream_row_bytes`]).
 pub fn stream_row_bytes(n: usize, bits: u32) -> usize {
-    (n * bits as usize).div_ceil(8).div_ceil(4) * 4
+    crate::pack::stream_row_bytes(n, bits as usize)
 }
 
 /// Groups of a GPTQ layer: `ceil(in / g)`, or more when g_idx names a higher group.

@@ -75,6 +75,8 @@ impl PackedOnGpu {
                     let gr = g_idx.as_ref().map_or(i / group_size, |g| g[i] as usize);
                     let q = bits_u8(row, i * b as usize, b);
                     let s = scales[o * ng + gr].to_f32();
+                    // Decoded here from the formulas, not by codes::grid_value: this is the
+                    // independent reference the kernels and the pack decoders are checked against.
                     *wi = match grid {
                         GpuGrid::Affine => {
                             let z = qzeros.as_ref().map_or(0, |z| z[o * ng + gr]) as f32;

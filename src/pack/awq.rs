@@ -10,7 +10,7 @@
 
 use super::{check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, mul, scales_to_f16, shape_of};
 use super::{HfQuantMeta, PackedLayout, TensorSource};
-use crate::quant::{grid_value, Grid, GroupQ};
+use crate::codes::{grid_value, Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -82,17 +82,7 @@ impl PackedLayout for AwqPacked {
 
     fn unpack(&self) -> Result<GroupQ> {
         let (o, i, ng, ow) = (self.out_features, self.in_features, self.n_groups(), self.out_features / 8);
-        let mut q = GroupQ {
-            out_features: o,
-            in_features: i,
-            bits: 4,
-            group_size: self.group_size,
-            grid: Grid::Affine,
-            codes: vec![0; o * i],
-            scales: vec![0.0; o * ng],
-            zeros: vec![0; o * ng],
-            g_idx: None,
-        };
+        let mut q = GroupQ::new(o, i, 4, self.group_size, Grid::Affine, ng);
         for r in 0..o {
             for c in 0..i {
                 q.codes[r * i + c] = nibble(self.qweight[c * ow + r / 8], r % 8);

@@ -7,10 +7,10 @@
 //! affine grid (`w = (q − z)·s`, `z` the type's offset, `s = d`), which decodes to the same f32
 //! values: `--format lowbit --gguf-type q4_0` writes the same codes in lowbit's layout.
 
+use crate::codes::BlockQ;
+use crate::codes::{Grid, GroupQ};
 use crate::gguf::blocks::{self, Kind};
 use crate::gguf::GgmlType;
-use crate::quant::gguf::BlockQ;
-use crate::quant::{Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, Result};
 
@@ -42,17 +42,8 @@ pub fn to_groupq(q: &BlockQ) -> Option<GroupQ> {
         return None;
     }
     let nb = q.cols / kind.block;
-    let mut g = GroupQ {
-        out_features: q.rows,
-        in_features: q.cols,
-        bits: kind.bits,
-        group_size: kind.block,
-        grid: Grid::Affine,
-        codes: vec![0; q.rows * q.cols],
-        scales: vec![0.0; q.rows * nb],
-        zeros: vec![kind.off; q.rows * nb],
-        g_idx: None,
-    };
+    let mut g = GroupQ::new(q.rows, q.cols, kind.bits, kind.block, Grid::Affine, nb);
+    g.zeros.fill(kind.off);
     for (i, b) in q.data.chunks_exact(kind.bytes).enumerate() {
         let blk = blocks::decode(&kind, b);
         g.scales[i] = blk.sub_affine(&kind, 0).0;

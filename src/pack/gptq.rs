@@ -23,7 +23,7 @@ use super::{
     check_groupq, f16_tensor, fetch, g_idx_is_trivial, le_f16s, le_i32s, matmul_decoded, mul, read_g_idx, scales_to_f16, shape_of,
 };
 use super::{stream_code, stream_word, HfQuantMeta, PackedLayout, TensorSource};
-use crate::quant::{Grid, GroupQ};
+use crate::codes::{Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -155,17 +155,8 @@ impl PackedLayout for GptqPacked {
 
     fn unpack(&self) -> Result<GroupQ> {
         let (o, i, b, ng) = (self.out_features, self.in_features, self.bits as usize, self.n_groups());
-        let mut q = GroupQ {
-            out_features: o,
-            in_features: i,
-            bits: self.bits,
-            group_size: self.group_size,
-            grid: Grid::Affine,
-            codes: vec![0; o * i],
-            scales: vec![0.0; o * ng],
-            zeros: vec![0; o * ng],
-            g_idx: Some(self.g_idx.clone()),
-        };
+        let mut q = GroupQ::new(o, i, self.bits, self.group_size, Grid::Affine, ng);
+        q.g_idx = Some(self.g_idx.clone());
         if g_idx_is_trivial(&q) {
             q.g_idx = None;
         }

@@ -12,7 +12,7 @@
 
 use super::{check_groupq, f16_tensor, fetch, le_f16s, matmul_decoded, mul, read_g_idx, scales_to_f16};
 use super::{stream_code, stream_word, PackedLayout, TensorSource};
-use crate::quant::{grid_value, Grid, GroupQ};
+use crate::codes::{grid_value, Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -55,15 +55,11 @@ impl Default for LowbitQuantConfig {
 
 /// Grid names in config.json: "affine", "halfint", "shift".
 pub mod grid_name {
-    use crate::quant::Grid;
+    use crate::codes::Grid;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn name(g: Grid) -> &'static str {
-        match g {
-            Grid::Affine => "affine",
-            Grid::HalfInt => "halfint",
-            Grid::Shift => "shift",
-        }
+        g.name()
     }
     pub fn parse(s: &str) -> Option<Grid> {
         [Grid::Affine, Grid::HalfInt, Grid::Shift].into_iter().find(|&g| name(g) == s)
@@ -79,7 +75,7 @@ pub mod grid_name {
 
 /// Bytes per packed row: `ceil(in*bits/8)` rounded up to a multiple of 4.
 pub fn row_bytes(in_features: usize, bits: u8) -> usize {
-    (in_features * bits as usize).div_ceil(32) * 4
+    super::stream_row_bytes(in_features, bits as usize)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -162,17 +158,14 @@ impl PackedLayout for LowbitPacked {
     fn unpack(&self) -> Result<GroupQ> {
         let (o, i, rb, ng) = (self.out_features, self.in_features, self.row_bytes(), self.n_groups);
         let codes = (0..o * i).map(|k| self.code(&self.qweight[k / i * rb..], k % i)).collect();
-        Ok(GroupQ {
-            out_features: o,
-            in_features: i,
-            bits: self.bits,
-            group_size: self.group_size,
-            grid: self.grid,
-            codes,
-            scales: self.scales.iter().map(|s| s.to_f32()).collect(),
-            zeros: self.qzeros.clone().unwrap_or_else(|| vec![0; o * ng]),
-            g_idx: self.g_idx.clone(),
-        })
+        let mut q = GroupQ::new(o, i, self.bits, self.group_size, self.grid, ng);
+        q.codes = codes;
+        q.scales = self.scales.iter().map(|s| s.to_f32()).collect();
+        if let Some(z) = &self.qzeros {
+            q.zeros.clone_from(z);
+        }
+        q.g_idx.clone_from(&self.g_idx);
+        Ok(q)
     }
 
     fn to_tensors(&self, prefix: &str) -> Vec<OutTensor> {

@@ -18,13 +18,14 @@ pub mod awq;
 pub mod gguf;
 pub mod gptq;
 pub mod lowbit;
+pub mod scheme;
 pub mod vq;
 
 pub use awq::AwqPacked;
 pub use gptq::GptqPacked;
 pub use lowbit::{LowbitModuleMeta, LowbitPacked, LowbitQuantConfig};
 
-use crate::quant::{Grid, GroupQ};
+use crate::codes::{Grid, GroupQ};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -104,7 +105,7 @@ impl HfQuantMeta {
 /// stores for one ([`Layout::tensor_specs`], exact sizes for `--dry-run`), and which stored
 /// tensors belong to a packed module ([`is_packed_tensor`]). GGUF linears are written by
 /// `crate::gguf::export`; in a lowbit directory GGUF codes use the lowbit layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// lowbit's own layout (any method, 2..8 bits); docs/formats.md.
@@ -115,6 +116,21 @@ pub enum Layout {
     Gptq,
     /// One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file.
     Gguf,
+}
+
+impl crate::named::Named for Layout {
+    const ALL: &'static [Self] = &[Layout::Lowbit, Layout::Awq, Layout::Gptq, Layout::Gguf];
+    fn name(self) -> &'static str {
+        Layout::name(self)
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Layout::Lowbit => "lowbit's own layout (any method, 2..8 bits); docs/formats.md",
+            Layout::Awq => "AutoAWQ GEMM (4-bit), loadable by transformers and vLLM",
+            Layout::Gptq => "GPTQ v1 (2/3/4/8-bit; per-module bits and group size in GPTQModel's `dynamic`)",
+            Layout::Gguf => "One llama.cpp GGUF v3 file (block type from --gguf-type); --out names the file",
+        }
+    }
 }
 
 impl std::str::FromStr for Layout {
@@ -143,6 +159,12 @@ pub struct Want {
 
 /// One stored tensor of a packed module: name suffix, dtype, shape.
 pub type TensorSpec = (&'static str, Dtype, Vec<usize>);
+
+/// Bytes of one bit-stream row of `n` codes of `bits` bits, padded to whole 32-bit words (the
+/// lowbit layout's code rows and the VQ layout's index rows; the GPU kernels read the same).
+pub fn stream_row_bytes(n: usize, bits: usize) -> usize {
+    4 * (n * bits).div_ceil(32)
+}
 
 /// Stored bytes of a tensor of `dtype` and `shape` (what `--dry-run` and the size planner count).
 pub fn spec_bytes(dtype: Dtype, shape: &[usize]) -> usize {

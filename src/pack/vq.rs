@@ -16,8 +16,8 @@
 //! optional part live in config.json ([`VqModuleMeta`]).
 
 use super::{f16_tensor, fetch, le_f16s, le_i32s, mul, scales_to_f16, stream_code, stream_word, TensorSource};
-use crate::quant::vptq::{dequant_value, index_bits};
-use crate::quant::VqQ;
+use crate::codes::{dequant_value, index_bits};
+use crate::codes::{VqQ, VqSizes};
 use crate::st_write::OutTensor;
 use anyhow::{bail, ensure, Result};
 use half::f16;
@@ -51,7 +51,7 @@ pub struct VqModuleMeta {
 
 /// Bytes of one packed index row: `n` indices of `bits` bits, rounded up to whole 32-bit words.
 pub fn row_bytes(n: usize, bits: usize) -> usize {
-    4 * (n * bits).div_ceil(32)
+    super::stream_row_bytes(n, bits)
 }
 
 impl VqQ {
@@ -75,7 +75,8 @@ impl VqQ {
 
 /// The tensors the VQ layout stores for an `out × inn` linear quantized with `cfg` (suffix,
 /// dtype, shape: the same as [`VqPacked::to_tensors`] writes), known before quantizing.
-pub fn tensor_specs(cfg: &crate::quant::vptq::VptqConfig, out: usize, inn: usize) -> Vec<super::TensorSpec> {
+pub fn tensor_specs(cfg: &dyn VqSizes, out: usize, inn: usize) -> Vec<super::TensorSpec> {
+    let cfg = cfg.vq_shape(out, inn);
     let v = cfg.vector_len.max(1);
     let nv = out / v;
     let idx = |k: usize| row_bytes(nv, index_bits(k));
@@ -88,7 +89,7 @@ pub fn tensor_specs(cfg: &crate::quant::vptq::VptqConfig, out: usize, inn: usize
         t.push(("col_scale", Dtype::F16, vec![inn]));
         t.push(("col_bias", Dtype::F16, vec![inn]));
     }
-    let (n_out, k_out) = (cfg.n_outlier_cols(inn), cfg.outlier_codebook(out, inn));
+    let (n_out, k_out) = (cfg.n_outlier_cols, cfg.outlier_centroids);
     if n_out > 0 && k_out > 0 {
         t.push(("outlier_cols", Dtype::I32, vec![n_out]));
         t.push(("outlier_indices", Dtype::U8, vec![n_out, idx(k_out)]));

@@ -5,13 +5,31 @@
 //! otherwise); fold the best `s` into the producer of the group's input; then search a per-group
 //! clipping range for every linear but q/k. Departures from AutoAWQ are listed in docs/awq.md.
 
+use super::grid::{self, GroupGrid};
+use super::recipe::{Core, Recipe};
 use super::rtn::{self, Range};
 use crate::arch::{Input, Inspect, Producer, ScaleGroup};
+use crate::codes::Grid;
 use crate::linalg::matmul_bt;
 use crate::model::{LayerWeights, Model};
 use crate::stats::InputStats;
 use rayon::prelude::*;
 use std::collections::HashMap;
+
+/// `awq`: AWQ's scale and clip search, then RTN on the grid spanning `--awq-range`; later layers
+/// see its quantized outputs.
+pub const AWQ: Recipe = Recipe {
+    name: "awq",
+    help: "Activation-aware scaling + clip search, then RTN",
+    awq: true,
+    core: Core::Round { grid: Grid::Affine, aware: false },
+    propagates: true,
+};
+
+/// `awq+X`: AWQ's scale search (and clip search, on the affine grid) in front of method `core`.
+pub const fn then(core: Recipe, name: &'static str, help: &'static str) -> Recipe {
+    Recipe { name, help, awq: true, ..core }
+}
 
 /// Rows of the clip search's sample, strided over every calibration token. AutoAWQ's
 /// `n_sample_token` is 512; 4096 (every token at 4 × 512 or 8 × 512 calibration tokens) measured
@@ -79,14 +97,19 @@ pub type RowFakeQuant<'a> = &'a (dyn Fn(&mut [f32], &[f32]) + Sync);
 /// An owned [`RowFakeQuant`].
 pub type BoxedRowFakeQuant = Box<dyn Fn(&mut [f32], &[f32]) + Sync>;
 
+/// Fake quantization of a row on `grid`, group by group, the grid's fit weighted by `imp(s)` of
+/// the candidate scales `s` (`None`: the plain fit): the quantizer a search scores against.
+pub fn grid_row<G: GroupGrid + ?Sized + 'static>(
+    grid: Box<G>,
+    imp: impl Fn(&[f32]) -> Option<Vec<f32>> + Sync + 'static,
+) -> BoxedRowFakeQuant {
+    Box::new(move |row: &mut [f32], s: &[f32]| grid::fake_quant_row(&*grid, row, imp(s).as_deref()))
+}
+
 /// RTN fake quantization of a row, group by group: the quantizer AWQ itself uses.
 pub fn rtn_row(bits: u8, group: usize, sym: bool, range: Range) -> impl Fn(&mut [f32], &[f32]) + Sync {
-    move |row: &mut [f32], _s: &[f32]| {
-        let n = row.len();
-        for (a, b) in rtn::groups(n, group) {
-            rtn::fake_quant_group_in(&mut row[a..b], bits, sym, range);
-        }
-    }
+    let g = rtn::Affine { bits, group, sym, range };
+    move |row: &mut [f32], _s: &[f32]| grid::fake_quant_row(&g, row, None)
 }
 
 /// The loss of one candidate: the group's fake-quantized weights (one `[out][inn]` matrix per

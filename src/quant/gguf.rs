@@ -13,52 +13,11 @@
 //!   error-compensated weights.
 //! * [`BlockQ`]: a quantized matrix as the bytes of its blocks, row by row.
 
+pub use crate::codes::BlockQ;
 use crate::gguf::blocks::{self, code_value, Block, Kind};
 use crate::gguf::GgmlType;
 use half::f16;
 use rayon::prelude::*;
-
-/// A matrix `[rows][cols]` stored as ggml blocks: row `r` is `cols / block` blocks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlockQ {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<u8>,
-}
-
-impl BlockQ {
-    pub fn kind(&self) -> Kind {
-        Kind::of(self.ty).expect("BlockQ holds a block type")
-    }
-    pub fn row_bytes(&self) -> usize {
-        self.kind().row_bytes(self.cols)
-    }
-    /// Dequantized `[rows][cols]` values (the decode llama.cpp applies).
-    pub fn dequantize(&self) -> Vec<f32> {
-        let kind = self.kind();
-        let mut out = vec![0f32; self.rows * self.cols];
-        let rb = self.row_bytes();
-        if rb == 0 {
-            return out;
-        }
-        out.par_chunks_mut(self.cols).zip(self.data.par_chunks(rb)).for_each(|(o, b)| blocks::dequantize_row(&kind, b, o));
-        out
-    }
-    /// Exact storage in bits.
-    pub fn storage_bits(&self) -> u64 {
-        8 * self.data.len() as u64
-    }
-    /// Reorder rows: row `i` of the result is row `perm[i]` of `self`.
-    pub fn permute_rows(&self, perm: &[usize]) -> BlockQ {
-        let rb = self.row_bytes();
-        let mut data = Vec::with_capacity(self.data.len());
-        for &r in perm {
-            data.extend_from_slice(&self.data[r * rb..(r + 1) * rb]);
-        }
-        BlockQ { data, ..self.clone() }
-    }
-}
 
 #[inline]
 fn f16r(x: f32) -> f32 {
@@ -272,32 +231,13 @@ pub fn fit_block(kind: &Kind, x: &[f32], w: Option<&[f32]>) -> Block {
     blk
 }
 
-/// Quantize a `[rows][cols]` matrix block by block (`cols` a multiple of the block size);
-/// `imp` is a per-column importance (e.g. `E[x²]`), or `None` for unit weights (RTN).
+/// Quantize a `[rows][cols]` matrix block by block (`cols` a multiple of the block size) on
+/// [`BlockGrid`]; `imp` is a per-column importance (e.g. `E[x²]`), or `None` for unit weights (RTN).
 pub fn quantize(ty: GgmlType, w: &[f32], rows: usize, cols: usize, imp: Option<&[f32]>) -> BlockQ {
-    let kind = Kind::of(ty).expect("quantize called with a block type");
-    assert!(cols.is_multiple_of(kind.block), "{cols} columns do not split into {ty} blocks");
-    let rb = kind.row_bytes(cols);
-    let mut data = vec![0u8; rows * rb];
-    if rb > 0 {
-        data.par_chunks_mut(rb).zip(w.par_chunks(cols)).for_each(|(out, row)| {
-            for (k, (o, x)) in out.chunks_exact_mut(kind.bytes).zip(row.chunks_exact(kind.block)).enumerate() {
-                let wi = imp.map(|v| &v[k * kind.block..(k + 1) * kind.block]);
-                blocks::encode(&kind, &fit_block(&kind, x, wi), o);
-            }
-        });
-    }
-    BlockQ { ty, rows, cols, data }
-}
-
-/// Fake quantization of one row in place (AWQ's search scores against it).
-pub fn fake_quant_row(ty: GgmlType, row: &mut [f32], imp: Option<&[f32]>) {
-    let kind = Kind::of(ty).expect("block type");
-    for (k, x) in row.chunks_mut(kind.block).enumerate() {
-        let wi = imp.map(|v| &v[k * kind.block..(k + 1) * kind.block]);
-        let blk = fit_block(&kind, x, wi);
-        blk.dequantize_into(&kind, x);
-    }
+    let grid = BlockGrid::new(ty);
+    assert!(cols.is_multiple_of(grid.kind.block), "{cols} columns do not split into {ty} blocks");
+    let (codes, params) = super::grid::fit_rows(&grid, w, rows, cols, imp);
+    encode_matrix(ty, rows, cols, &codes, &params)
 }
 
 /// A block grid for GPTQ's column walk: groups are blocks, refitted per sub-block.
@@ -312,7 +252,7 @@ impl BlockGrid {
     }
 }
 
-impl super::gptq::WalkGrid for BlockGrid {
+impl super::grid::GroupGrid for BlockGrid {
     type Params = Block;
     fn group(&self) -> usize {
         self.kind.block
@@ -320,8 +260,8 @@ impl super::gptq::WalkGrid for BlockGrid {
     fn sub(&self) -> usize {
         self.kind.sub
     }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Block {
-        fit_block(&self.kind, v, Some(imp))
+    fn fit(&self, v: &[f32], imp: Option<&[f32]>) -> Block {
+        fit_block(&self.kind, v, imp)
     }
     fn refit_sub(&self, p: &mut Block, s: usize, v: &[f32], imp: &[f32]) {
         if self.kind.is_k() {
@@ -338,6 +278,10 @@ impl super::gptq::WalkGrid for BlockGrid {
         let (a, b) = p.sub_affine(&self.kind, k / self.kind.sub);
         code_value(&self.kind, a, b, code)
     }
+    /// The fit already chose every code of the block (the nearest on its final grid).
+    fn code_group(&self, _v: &[f32], p: &Block, out: &mut [u8]) {
+        out.copy_from_slice(&p.q);
+    }
 }
 
 /// Encode codes `[rows][cols]` with their blocks (`[rows][cols / block]`, codes taken from
@@ -347,12 +291,14 @@ pub fn encode_matrix(ty: GgmlType, rows: usize, cols: usize, codes: &[u8], param
     let nb = cols / kind.block;
     let rb = kind.row_bytes(cols);
     let mut data = vec![0u8; rows * rb];
-    for r in 0..rows {
-        for k in 0..nb {
-            let mut blk = params[r * nb + k].clone();
-            blk.q.copy_from_slice(&codes[r * cols + k * kind.block..r * cols + (k + 1) * kind.block]);
-            blocks::encode(&kind, &blk, &mut data[r * rb + k * kind.bytes..r * rb + (k + 1) * kind.bytes]);
-        }
+    if rb > 0 {
+        data.par_chunks_mut(rb).enumerate().for_each(|(r, row)| {
+            for (k, o) in row.chunks_exact_mut(kind.bytes).enumerate().take(nb) {
+                let mut blk = params[r * nb + k].clone();
+                blk.q.copy_from_slice(&codes[r * cols + k * kind.block..r * cols + (k + 1) * kind.block]);
+                blocks::encode(&kind, &blk, o);
+            }
+        });
     }
     BlockQ { ty, rows, cols, data }
 }

@@ -39,15 +39,31 @@
 //! whole walk in parallel, each with sequential faer kernels. The chunking does not depend on
 //! the thread count, so the result is bit-identical for any number of threads.
 
-use super::rtn::{self, Params};
-use super::{grid_value, shift, statsq, Grid, GroupQ};
-use anyhow::{anyhow, ensure, Result};
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
+use super::grid::{self, GroupGrid, ScalarGrid};
+use super::hessian;
+use super::recipe::{Core, Recipe};
+use super::rtn::{self, Range};
+use super::{Grid, GroupQ};
+use anyhow::{ensure, Result};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::time::Instant;
+
+/// `gptq`: GPTQ on the affine grid.
+pub const GPTQ: Recipe = Recipe {
+    name: "gptq",
+    help: "GPTQ: second-order error compensation through the Cholesky factor of H⁻¹ (IST-DASLab)",
+    awq: false,
+    core: Core::Gptq(Grid::Affine),
+    propagates: true,
+};
+
+/// `gptq+X`: GPTQ's error feedback on the grid of method `grid` (its scales from the grid's
+/// diag(H)-weighted fit).
+pub const fn on(grid: Recipe, name: &'static str, help: &'static str) -> Recipe {
+    Recipe { name, help, awq: false, core: Core::Gptq(grid.grid()), propagates: true }
+}
 
 /// Output rows per parallel work item (fixed, so results do not depend on the thread count).
 const ROWS: usize = 32;
@@ -94,76 +110,6 @@ impl GptqConfig {
     }
 }
 
-/// The grid GPTQ's column walk rounds to: how a group's parameters are fitted, which code a
-/// value gets and which value a code stands for. `k` is the column's position inside its group.
-/// [`ColumnGrid`] is the affine / zero-free grid of [`GroupQ`]; the GGUF block grids
-/// ([`super::gguf::BlockGrid`]) fit a whole block at its first column and refit each sub-block's
-/// integer scale when the walk enters it.
-pub trait WalkGrid: Sync {
-    type Params: Clone + Send + Sync;
-    /// Columns that share fitted parameters.
-    fn group(&self) -> usize;
-    /// Columns of a sub-group whose parameters [`WalkGrid::refit_sub`] may refit on the updated
-    /// weights when the walk enters it (the group itself by default: no refit).
-    fn sub(&self) -> usize {
-        self.group()
-    }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Self::Params;
-    fn refit_sub(&self, _p: &mut Self::Params, _s: usize, _v: &[f32], _imp: &[f32]) {}
-    fn code(&self, w: f32, p: &Self::Params, k: usize) -> u8;
-    fn value(&self, code: u8, p: &Self::Params, k: usize) -> f32;
-}
-
-/// One group's fitted parameters, the code of a value and the value of a code, on the grid of
-/// a [`GptqConfig`]. `imp` (the group's `diag(H)`) steers the zero-free grids' scale search.
-#[derive(Clone, Copy)]
-struct ColumnGrid {
-    grid: Grid,
-    bits: u8,
-    sym: bool,
-    group: usize,
-}
-
-impl WalkGrid for ColumnGrid {
-    type Params = Params;
-    fn group(&self) -> usize {
-        self.group
-    }
-    fn fit(&self, v: &[f32], imp: &[f32]) -> Params {
-        let (b, n) = (self.bits, v.len());
-        match self.grid {
-            Grid::Affine => rtn::params_of(v, b, self.sym),
-            Grid::HalfInt => Params { scale: statsq::statsq(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
-            Grid::Shift => Params { scale: shift::shift(v, 1, n, b, n, Some(imp)).scales[0], zero: 0 },
-        }
-    }
-
-    #[inline]
-    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
-        match self.grid {
-            Grid::Affine => rtn::quantize_value(w, *p, self.bits),
-            Grid::HalfInt => statsq::statsq_code(w, p.scale, self.bits),
-            Grid::Shift => shift::shift_code(w, p.scale, self.bits),
-        }
-    }
-
-    #[inline]
-    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
-        grid_value(self.grid, self.bits, code, p.scale, p.zero)
-    }
-}
-
-impl ColumnGrid {
-    /// The same weight quantized group by group without error feedback (the report's baseline).
-    fn baseline(&self, w: &[f32], out: usize, inn: usize, group: usize, imp: &[f32]) -> GroupQ {
-        match self.grid {
-            Grid::Affine => rtn::quantize(w, out, inn, self.bits, group, self.sym),
-            Grid::HalfInt => statsq::statsq(w, out, inn, self.bits, group, Some(imp)),
-            Grid::Shift => shift::shift(w, out, inn, self.bits, group, Some(imp)),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GptqReport {
     /// `tr((W - Q)·H·(W - Q)ᵀ)` of the GPTQ result, with the undamped `H` as given (dead
@@ -180,24 +126,32 @@ pub struct GptqReport {
 /// (`(2/n)·Σ x·xᵀ`, see [`crate::stats::InputStats::hessian`]). Fails on malformed shapes or
 /// settings, non-finite inputs, and a Hessian that is not positive definite after damping.
 pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> Result<(GroupQ, GptqReport)> {
-    let t0 = Instant::now();
-    let (n, bits, g) = (inn, cfg.bits, cfg.group_size);
+    let (bits, g) = (cfg.bits, cfg.group_size);
     ensure!((1..=8).contains(&bits), "gptq: bits must be in 1..=8, got {bits}");
     ensure!(cfg.grid == Grid::Affine || bits >= 2, "gptq: the {:?} grid needs at least 2 bits", cfg.grid);
-    let cg = ColumnGrid { grid: cfg.grid, bits, sym: cfg.sym, group: g };
-    let mut wk = walk(w, out, inn, h, cfg, &cg)?;
+    gptq_with(w, out, inn, h, cfg, &*grid::scalar(cfg.grid, bits, g, cfg.sym, Range::WithZero))
+}
+
+/// [`gptq`] on any scalar grid (groups of `grid.group()` columns; `cfg.grid`, `bits`, `sym` and
+/// `group_size` unused): the codes and parameters as a [`GroupQ`], with a g_idx under act-order.
+pub fn gptq_with<G: ScalarGrid + ?Sized>(
+    w: &[f32],
+    out: usize,
+    n: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+    cg: &G,
+) -> Result<(GroupQ, GptqReport)> {
+    let t0 = Instant::now();
+    let g = cg.group();
+    let mut wk = walk(w, out, n, h, cfg, cg)?;
     let ng = n.div_ceil(g.max(1));
-    let mut q = GroupQ {
-        out_features: out,
-        in_features: n,
-        bits,
-        group_size: g,
-        grid: cfg.grid,
-        codes: std::mem::take(&mut wk.codes),
-        scales: wk.params.iter().map(|p| p.scale).collect(),
-        zeros: wk.params.iter().map(|p| p.zero).collect(),
-        g_idx: None,
-    };
+    let mut q = GroupQ::new(out, n, cg.bits(), g, cg.kind(), ng);
+    q.codes = std::mem::take(&mut wk.codes);
+    for (k, p) in wk.params.iter().enumerate() {
+        q.scales[k] = p.scale;
+        q.zeros[k] = p.zero;
+    }
     debug_assert_eq!(q.scales.len(), out * ng);
     if cfg.act_order && !cfg.static_groups && ng > 1 {
         // Groups follow walk order: original column perm[j] is in group j / g.
@@ -208,16 +162,16 @@ pub fn gptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig) -> R
         q.g_idx = Some(g_idx);
     }
     let h_weighted_error = wk.err_sq - wk.lambda * wk.sq_norm(w, &q.dequantize());
-    let rtn_q = cg.baseline(w, out, n, g, &wk.imp).dequantize();
+    let rtn_q = grid::quantize(cg, w, out, n, Some(&wk.imp)).dequantize();
     let rtn_error = l_error(w, &rtn_q, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &rtn_q);
     Ok((q, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
 }
 
-/// GPTQ's walk on any [`WalkGrid`] (the GGUF block grids): the codes `[out][inn]`, the fitted
+/// GPTQ's walk on any [`GroupGrid`] (the GGUF block grids): the codes `[out][inn]`, the fitted
 /// parameters `[out][inn / group]` (groups in natural column order: act-order needs
 /// `static_groups`, since the grid has no g_idx) and the error report (the baseline is the grid's
 /// own fit on the original weight, without error feedback). `cfg.group_size` is ignored.
-pub fn gptq_on<G: WalkGrid>(
+pub fn gptq_on<G: GroupGrid + ?Sized>(
     w: &[f32],
     out: usize,
     inn: usize,
@@ -246,18 +200,7 @@ pub fn gptq_on<G: WalkGrid>(
         return Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error: f64::NAN, seconds: t0.elapsed().as_secs_f64() }));
     }
     // Baseline: the grid's fit of every group of the original weight, nearest codes.
-    let mut base_params = Vec::with_capacity(out * ng);
-    let mut base_codes = vec![0u8; out * inn];
-    for r in 0..out {
-        let row = &w[r * inn..(r + 1) * inn];
-        for k in 0..ng {
-            let p = grid.fit(&row[k * g..(k + 1) * g], &wk.imp[k * g..(k + 1) * g]);
-            for c in k * g..(k + 1) * g {
-                base_codes[r * inn + c] = grid.code(row[c], &p, c - k * g);
-            }
-            base_params.push(p);
-        }
-    }
+    let (base_codes, base_params) = grid::fit_rows(grid, w, out, inn, Some(&wk.imp));
     let base = deq_of(&base_codes, &base_params);
     let rtn_error = l_error(w, &base, &wk.perm, &wk.dead, &wk.l) - wk.lambda * wk.sq_norm(w, &base);
     Ok((wk.codes, wk.params, GptqReport { h_weighted_error, rtn_error, seconds: t0.elapsed().as_secs_f64() }))
@@ -287,7 +230,7 @@ impl<P> Walk<P> {
     }
 }
 
-fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig, cg: &G) -> Result<Walk<G::Params>> {
+fn walk<G: GroupGrid + ?Sized>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqConfig, cg: &G) -> Result<Walk<G::Params>> {
     let (n, g) = (inn, cg.group());
     ensure!(out > 0 && n > 0, "gptq: empty weight ({out}x{n})");
     ensure!(w.len() == out * n, "gptq: weight has {} values, expected {out}x{n}", w.len());
@@ -300,7 +243,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
     let sub = cg.sub().clamp(1, g);
 
     // Dead channels, walk order, damped Hessian in walk order, and U = chol(H⁻¹)ᵀ.
-    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
+    let dead = hessian::dead(h, n);
     let diag = |i: usize| if dead[i] { 1.0 } else { h[i * n + i] };
     // diag(H) per original column (0 on dead ones), the zero-free grids' importance.
     let imp: Vec<f32> = (0..n).map(|i| if dead[i] { 0.0 } else { h[i * n + i] as f32 }).collect();
@@ -308,16 +251,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
     if cfg.act_order {
         perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a))); // stable: ties keep index order
     }
-    let lambda = cfg.damp * (0..n).map(diag).sum::<f64>() / n as f64;
-    let hp = Mat::from_fn(n, n, |i, j| {
-        let (a, b) = (perm[i], perm[j]);
-        if a == b {
-            diag(a) + lambda
-        } else {
-            h[a * n + b]
-        }
-    });
-    let (l, u) = factor(hp, cfg.damp)?;
+    let hessian::Prepared { lambda, l, u } = hessian::prepare(n, |a, b| h[a * n + b], &dead, &perm, cfg.damp)?;
 
     // Walk order: group of walk position j, and whether params are refitted there.
     let refit = !cfg.static_groups;
@@ -360,7 +294,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
                 for (r, row) in w.chunks(n).enumerate() {
                     let row: Vec<f32> = row.iter().enumerate().map(|(i, &v)| if dead[i] { 0.0 } else { v }).collect();
                     for (k, (a, b)) in rtn::groups(n, g).enumerate() {
-                        params[r * ng + k] = Some(cg.fit(&row[a..b], &imp[a..b]));
+                        params[r * ng + k] = Some(cg.fit(&row[a..b], Some(&imp[a..b])));
                     }
                 }
             }
@@ -377,7 +311,7 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
                             let end = (j + g).min(n);
                             let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
                             let cur_imp: Vec<f32> = perm[j..end].iter().map(|&c| imp[c]).collect();
-                            params[k] = Some(cg.fit(&cur, &cur_imp));
+                            params[k] = Some(cg.fit(&cur, Some(&cur_imp)));
                         } else if refit && j % sub == 0 {
                             let end = (j + sub).min(n);
                             let cur: Vec<f32> = row[j..end].iter().map(|&v| v as f32).collect();
@@ -415,40 +349,6 @@ fn walk<G: WalkGrid>(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &GptqCon
     // and H_d = U⁻¹·U⁻ᵀ gives tr(E·H_d·Eᵀ) = ‖Err‖²: GPTQ's own loss, at no extra cost. For RTN,
     // tr(E·H_d·Eᵀ) = ‖E·L‖² with H_d = L·Lᵀ, half the work of E·H.
     Ok(Walk { codes: codes_all, params, err_sq: err_sq.iter().sum(), lambda, perm, dead, imp, l })
-}
-
-/// The damped Hessian's Cholesky factor `L` (`H_d = L·Lᵀ`, for the error report) and the upper
-/// Cholesky factor `U` of its inverse (`H_d⁻¹ = Uᵀ·U`), row-major: `H_d⁻¹` from `L`, then
-/// `H_d⁻¹ = L'·L'ᵀ` and `U = L'ᵀ`, as `gptq.py`. Sequential, so the result does not depend on
-/// the thread count.
-fn factor(mut l: Mat<f64>, damp: f64) -> Result<(Mat<f64>, Vec<f64>)> {
-    let n = l.nrows();
-    let par = Par::Seq;
-    let req = llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default()).or(llt::inverse::inverse_scratch::<f64>(n, par));
-    let mut mem = MemBuffer::new(req);
-    let stack = MemStack::new(&mut mem);
-    let not_pd = |what: &str| anyhow!("{what} is not positive definite after damping {damp}; increase --damp");
-    llt::factor::cholesky_in_place(l.as_mut(), Default::default(), par, stack, Default::default()).map_err(|_| not_pd("Hessian"))?;
-    for j in 1..n {
-        for i in 0..j {
-            l[(i, j)] = 0.0;
-        }
-    }
-    // H⁻¹ and its Cholesky factor L' are computed straight in `u`'s buffer, viewed column-major:
-    // column i of L' is then row i of U = L'ᵀ, with no second n×n matrix (n² f64 is 1.6 GB for
-    // an 8B model's down_proj).
-    let mut u = vec![0f64; n * n];
-    let mut inv = MatMut::from_column_major_slice_mut(&mut u, n, n);
-    llt::inverse::inverse(inv.as_mut(), l.as_ref(), par, stack);
-    llt::factor::cholesky_in_place(inv.as_mut(), Default::default(), par, stack, Default::default())
-        .map_err(|_| not_pd("Inverse Hessian (numerically)"))?;
-    // U's strictly lower part (L''s strictly upper part, left over from the inverse) is zero.
-    for j in 1..n {
-        for i in 0..j {
-            inv[(i, j)] = 0.0;
-        }
-    }
-    Ok((l, u))
 }
 
 /// `‖E·L‖²` for `E = a - b` (`[out][n]`, dead channels zeroed) in walk order `perm` and the lower

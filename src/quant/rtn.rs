@@ -5,20 +5,41 @@
 //! the zero point is always representable ([`Range`]). Symmetric: `s = max|w| / (2^(b-1) - 1)`,
 //! `z = 2^(b-1)`.
 
+use super::grid::{self, GroupGrid, ScalarGrid};
+use super::recipe::Recipe;
 use super::{Grid, GroupQ};
 
+/// `rtn`: the affine grid, nearest codes.
+pub const RTN: Recipe = Recipe::round("rtn", "Round to nearest, per group", Grid::Affine, false);
+
 /// The values an asymmetric group's grid spans.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Range {
     /// `[min(min, 0), max(max, 0)]` (GPTQ's convention): 0 is always a grid point.
     #[default]
-    #[value(name = "with-zero")]
     WithZero,
     /// `[min, max]` of the group (AutoAWQ's pseudo_quantize_tensor): a finer grid when the group
     /// does not straddle 0 evenly; the zero point is clamped to the code range.
-    #[value(name = "min-max")]
     MinMax,
+}
+
+impl crate::named::Named for Range {
+    const ALL: &'static [Self] = &[Range::WithZero, Range::MinMax];
+    fn name(self) -> &'static str {
+        match self {
+            Range::WithZero => "with-zero",
+            Range::MinMax => "min-max",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Range::WithZero => "`[min(min, 0), max(max, 0)]` (GPTQ's convention): 0 is always a grid point",
+            Range::MinMax => {
+                "`[min, max]` of the group (AutoAWQ's pseudo_quantize_tensor): a finer grid when the group does not straddle 0 evenly; the zero point is clamped to the code range"
+            }
+        }
+    }
 }
 
 /// Quantization parameters of one group.
@@ -85,55 +106,54 @@ pub fn quantize(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: 
 
 /// [`quantize`] with the groups' grids spanning `range`.
 pub fn quantize_in(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, sym: bool, range: Range) -> GroupQ {
-    let ng = inn.div_ceil(group);
-    let mut q = GroupQ {
-        out_features: out,
-        in_features: inn,
-        bits,
-        group_size: group,
-        grid: Grid::Affine,
-        codes: vec![0; out * inn],
-        scales: vec![0.0; out * ng],
-        zeros: vec![0; out * ng],
-        g_idx: None,
-    };
-    for r in 0..out {
-        let row = &w[r * inn..(r + 1) * inn];
-        for (g, (a, b)) in groups(inn, group).enumerate() {
-            let p = params_in(&row[a..b], bits, sym, range);
-            q.scales[r * ng + g] = p.scale;
-            q.zeros[r * ng + g] = p.zero;
-            for (code, &w) in q.codes[r * inn + a..r * inn + b].iter_mut().zip(&row[a..b]) {
-                *code = quantize_value(w, p, bits);
-            }
-        }
+    grid::quantize(&Affine { bits, group, sym, range }, w, out, inn, None)
+}
+
+/// The affine grid `w = (q - z)·s` of `bits`-bit codes in groups of `group` ([`params_in`]; the
+/// fit ignores importances).
+#[derive(Clone, Copy, Debug)]
+pub struct Affine {
+    pub bits: u8,
+    pub group: usize,
+    pub sym: bool,
+    pub range: Range,
+}
+
+impl GroupGrid for Affine {
+    type Params = Params;
+    fn group(&self) -> usize {
+        self.group
     }
-    q
+    fn fit(&self, v: &[f32], _imp: Option<&[f32]>) -> Params {
+        params_in(v, self.bits, self.sym, self.range)
+    }
+    #[inline]
+    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
+        quantize_value(w, *p, self.bits)
+    }
+    #[inline]
+    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
+        dequantize_value(code, *p)
+    }
+}
+
+impl ScalarGrid for Affine {
+    fn kind(&self) -> Grid {
+        Grid::Affine
+    }
+    fn bits(&self) -> u8 {
+        self.bits
+    }
 }
 
 pub fn minmax(v: &[f32]) -> (f32, f32) {
     v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)))
 }
 
-/// Quantize-dequantize ("fake quantization") of one group in place.
-pub fn fake_quant_group(v: &mut [f32], bits: u8, sym: bool) {
-    fake_quant_group_in(v, bits, sym, Range::WithZero)
-}
-
-/// [`fake_quant_group`] on a grid spanning `range`.
+/// Quantize-dequantize ("fake quantization") of one group in place, on a grid spanning `range`.
 pub fn fake_quant_group_in(v: &mut [f32], bits: u8, sym: bool, range: Range) {
     let p = params_in(v, bits, sym, range);
     for x in v.iter_mut() {
         *x = dequantize_value(quantize_value(*x, p, bits), p);
     }
-}
-
-/// Fake-quantize a whole `[out][inn]` matrix in place.
-pub fn fake_quant(w: &mut [f32], inn: usize, bits: u8, group: usize, sym: bool) {
-    use rayon::prelude::*;
-    w.par_chunks_mut(inn).for_each(|row| {
-        for (a, b) in groups(inn, group) {
-            fake_quant_group(&mut row[a..b], bits, sym);
-        }
-    });
 }

@@ -22,10 +22,17 @@
 //! subtraction on the exponent field of `x`'s f32 bits, the sign an XOR, and the only float
 //! multiply is one per group by the group scale.
 
-use super::rtn::groups;
+use super::grid::{self, GroupGrid, Params, ScalarGrid};
+use super::recipe::Recipe;
 use super::statsq::stored_scale;
-use super::{Grid, GroupQ};
+use super::{grid_value, Grid, GroupQ};
 use rayon::prelude::*;
+
+/// `shift`: the scale by plain MSE.
+pub const SHIFT: Recipe = Recipe::round("shift", "DenseShift: ±s·2^-p, no zero code, MSE-optimal scale per group", Grid::Shift, false);
+/// `shift-aware`: the scale by importance-weighted MSE.
+pub const SHIFT_AWARE: Recipe =
+    Recipe::round("shift-aware", "Shift with the scale chosen to minimise the E[x²]-weighted error", Grid::Shift, true);
 
 /// `2^(-p)` for every exponent a code can hold (`p <= 127`): exact powers of two, so equal to
 /// [`super::grid_value`]'s `exp2(-p)` and `s * POW[p]` is bit-identical to the dequantized value
@@ -155,39 +162,53 @@ pub fn shift(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, weight: 
     if let Some(v) = weight {
         assert_eq!(v.len(), inn, "shift: {} importances for {inn} input columns", v.len());
     }
-    let pow = &POW;
-    let ng = inn.div_ceil(group);
-    let mut codes = vec![0u8; out * inn];
-    let mut scales = vec![0f32; out * ng];
-    if inn > 0 {
-        codes.par_chunks_mut(inn).zip(scales.par_chunks_mut(ng)).enumerate().for_each(|(r, (qr, sr))| {
-            let row = &w[r * inn..(r + 1) * inn];
-            for (g, (a, b)) in groups(inn, group).enumerate() {
-                let v = &row[a..b];
-                let imp = weight.map(|x| &x[a..b]).filter(|x| x.iter().any(|&i| i > 0.0));
-                let s = match imp {
-                    Some(x) => best_scale(v, |k| x[k].max(0.0), bits, pow),
-                    None => best_scale(v, |_| 1.0, bits, pow),
-                };
-                sr[g] = s;
-                let mut l = Levels::new(bits);
-                l.set(s, pow);
-                for (q, &x) in qr[a..b].iter_mut().zip(v) {
-                    *q = l.code(x, bits);
-                }
-            }
-        });
+    grid::quantize(&Shift { bits, group }, w, out, inn, weight)
+}
+
+/// The shift grid of `bits`-bit codes in groups of `group`: the scale by plain MSE without
+/// importances, by importance-weighted MSE with them (a group whose importances are all 0, or
+/// negative / NaN, falls back to plain); exact nearest codes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shift {
+    pub bits: u8,
+    pub group: usize,
+}
+
+impl GroupGrid for Shift {
+    type Params = Params;
+    fn group(&self) -> usize {
+        self.group
     }
-    GroupQ {
-        out_features: out,
-        in_features: inn,
-        bits,
-        group_size: group,
-        grid: Grid::Shift,
-        codes,
-        scales,
-        zeros: vec![0; out * ng],
-        g_idx: None,
+    fn fit(&self, v: &[f32], imp: Option<&[f32]>) -> Params {
+        let scale = match imp.filter(|x| x.iter().any(|&i| i > 0.0)) {
+            Some(x) => best_scale(v, |k| x[k].max(0.0), self.bits, &POW),
+            None => best_scale(v, |_| 1.0, self.bits, &POW),
+        };
+        Params { scale, zero: 0 }
+    }
+    #[inline]
+    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
+        shift_code(w, p.scale, self.bits)
+    }
+    #[inline]
+    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
+        grid_value(Grid::Shift, self.bits, code, p.scale, 0)
+    }
+    fn code_group(&self, v: &[f32], p: &Params, out: &mut [u8]) {
+        let mut l = Levels::new(self.bits);
+        l.set(p.scale, &POW);
+        for (q, &x) in out.iter_mut().zip(v) {
+            *q = l.code(x, self.bits);
+        }
+    }
+}
+
+impl ScalarGrid for Shift {
+    fn kind(&self) -> Grid {
+        Grid::Shift
+    }
+    fn bits(&self) -> u8 {
+        self.bits
     }
 }
 

@@ -23,9 +23,17 @@
 //! tried first and only a strictly smaller error replaces it, so the aware scale is never worse
 //! than the plain one on that objective.
 
-use super::rtn::{f16_round, groups};
+use super::grid::{self, GroupGrid, Params, ScalarGrid};
+use super::recipe::Recipe;
+use super::rtn::f16_round;
 use super::{grid_value, Grid, GroupQ};
-use rayon::prelude::*;
+
+/// `statsq`: OFQ's plain StatsQ.
+pub const STATSQ: Recipe =
+    Recipe::round("statsq", "StatsQ: zero-free half-integer grid, scale 2·mean|W| per group (OFQ)", Grid::HalfInt, false);
+/// `statsq-aware`: the importance-weighted scale search.
+pub const STATSQ_AWARE: Recipe =
+    Recipe::round("statsq-aware", "StatsQ with the scale chosen to minimise the E[x²]-weighted error", Grid::HalfInt, true);
 
 /// OFQ's upper clip margin: `w/s` is clamped to `[-1, 1 - CLIP_EPS]`.
 pub const CLIP_EPS: f32 = 1e-6;
@@ -121,31 +129,40 @@ pub fn statsq(w: &[f32], out: usize, inn: usize, bits: u8, group: usize, weight:
     if let Some(v) = weight {
         assert_eq!(v.len(), inn, "statsq: {} importances for {inn} input columns", v.len());
     }
-    let ng = inn.div_ceil(group);
-    let mut codes = vec![0u8; out * inn];
-    let mut scales = vec![0f32; out * ng];
-    if inn > 0 {
-        codes.par_chunks_mut(inn).zip(scales.par_chunks_mut(ng)).enumerate().for_each(|(r, (qr, sr))| {
-            let row = &w[r * inn..(r + 1) * inn];
-            for (g, (a, b)) in groups(inn, group).enumerate() {
-                let v = &row[a..b];
-                let s = weight.map_or_else(|| statsq_scale(v), |imp| aware_scale(v, &imp[a..b], bits));
-                sr[g] = s;
-                for (q, &x) in qr[a..b].iter_mut().zip(v) {
-                    *q = statsq_code(x, s, bits);
-                }
-            }
-        });
+    grid::quantize(&HalfInt { bits, group }, w, out, inn, weight)
+}
+
+/// StatsQ's half-integer grid of `bits`-bit codes in groups of `group`: the plain scale
+/// `2·mean|w|` without importances, the aware search with them; nearest codes.
+#[derive(Clone, Copy, Debug)]
+pub struct HalfInt {
+    pub bits: u8,
+    pub group: usize,
+}
+
+impl GroupGrid for HalfInt {
+    type Params = Params;
+    fn group(&self) -> usize {
+        self.group
     }
-    GroupQ {
-        out_features: out,
-        in_features: inn,
-        bits,
-        group_size: group,
-        grid: Grid::HalfInt,
-        codes,
-        scales,
-        zeros: vec![0; out * ng],
-        g_idx: None,
+    fn fit(&self, v: &[f32], imp: Option<&[f32]>) -> Params {
+        Params { scale: imp.map_or_else(|| statsq_scale(v), |imp| aware_scale(v, imp, self.bits)), zero: 0 }
+    }
+    #[inline]
+    fn code(&self, w: f32, p: &Params, _k: usize) -> u8 {
+        statsq_code(w, p.scale, self.bits)
+    }
+    #[inline]
+    fn value(&self, code: u8, p: &Params, _k: usize) -> f32 {
+        grid_value(Grid::HalfInt, self.bits, code, p.scale, 0)
+    }
+}
+
+impl ScalarGrid for HalfInt {
+    fn kind(&self) -> Grid {
+        Grid::HalfInt
+    }
+    fn bits(&self) -> u8 {
+        self.bits
     }
 }

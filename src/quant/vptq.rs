@@ -22,15 +22,25 @@
 //! The work is split into fixed chunks of output vectors (error feedback never mixes output
 //! channels), each processed sequentially, so results do not depend on the thread count.
 
+use super::hessian;
 use super::kmeans::{kmeans, Codebook, KMeansConfig};
-use super::VqQ;
+use super::recipe::{Core, Recipe};
+use crate::codes::VqQ;
+pub use crate::codes::{dequant_value, index_bits};
 use anyhow::{bail, ensure, Result};
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::time::Instant;
+
+/// `vptq`: vector quantization; later layers see its quantized outputs.
+pub const VPTQ: Recipe = Recipe {
+    name: "vptq",
+    help: "VPTQ: vector quantization with a Hessian-weighted k-means codebook and second-order error feedback (`--vector-len`, `--centroids`, ...; `--bits` is ignored)",
+    awq: false,
+    core: Core::Vptq,
+    propagates: true,
+};
 
 /// VPTQ settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +83,19 @@ impl Default for VptqConfig {
             damp: 0.01,
             block: 128,
             normalize: false,
+        }
+    }
+}
+
+impl crate::codes::VqSizes for VptqConfig {
+    fn vq_shape(&self, out: usize, inn: usize) -> crate::codes::VqShape {
+        crate::codes::VqShape {
+            vector_len: self.vector_len,
+            centroids: self.centroids,
+            res_centroids: self.res_centroids,
+            normalize: self.normalize,
+            n_outlier_cols: self.n_outlier_cols(inn),
+            outlier_centroids: self.outlier_codebook(out, inn),
         }
     }
 }
@@ -173,130 +196,6 @@ pub struct VptqReport {
     pub seconds: f64,
 }
 
-/// Index width of a codebook of `k` centroids: `max(1, ceil(log2 k))`.
-pub fn index_bits(k: usize) -> usize {
-    (usize::BITS - k.saturating_sub(1).leading_zeros()).max(1) as usize
-}
-
-impl VqQ {
-    /// Number of vectors per input column, `out_features / vector_len`.
-    pub fn vectors_per_col(&self) -> usize {
-        self.out_features / self.vector_len
-    }
-
-    /// Position of every input column in `outlier_cols` (`u32::MAX` for non-outlier columns).
-    pub fn outlier_pos(&self) -> Vec<u32> {
-        let mut p = vec![u32::MAX; self.in_features];
-        for (k, &c) in self.outlier_cols.iter().enumerate() {
-            if let Some(x) = p.get_mut(c as usize) {
-                *x = k as u32;
-            }
-        }
-        p
-    }
-
-    /// Checks lengths, index ranges, outlier columns (strictly increasing, in range) and that
-    /// the main/residual indices of outlier columns are 0.
-    pub fn validate(&self) -> Result<()> {
-        let (o, i, v) = (self.out_features, self.in_features, self.vector_len);
-        ensure!(v > 0 && o.is_multiple_of(v), "VQ: vector length {v} does not divide out_features {o}");
-        let nv = o / v;
-        let book = |name: &str, c: Option<&[f32]>, k: usize, idx: Option<&[u32]>, rows: usize| -> Result<()> {
-            match (c, idx) {
-                (None, None) => ensure!(k == 0, "VQ: {name}: {k} centroids declared but no codebook"),
-                (Some(c), Some(idx)) => {
-                    ensure!(k > 0 && c.len() == k * v, "VQ: {name} codebook has {} values, expected {k}x{v}", c.len());
-                    ensure!(idx.len() == rows * nv, "VQ: {name} indices: {} values, expected {rows}x{nv}", idx.len());
-                    if let Some(x) = idx.iter().find(|&&x| x as usize >= k) {
-                        bail!("VQ: {name} index {x} outside 0..{k}");
-                    }
-                    if let Some(x) = c.iter().find(|x| !x.is_finite()) {
-                        bail!("VQ: {name} centroid value {x} is not finite");
-                    }
-                }
-                _ => bail!("VQ: {name}: codebook and indices must be both present or both absent"),
-            }
-            Ok(())
-        };
-        book("main", Some(&self.centroids), self.n_centroids, Some(&self.indices), i)?;
-        book("residual", self.res_centroids.as_deref(), self.n_res_centroids, self.res_indices.as_deref(), i)?;
-        let n_out = self.outlier_cols.len();
-        let (oc, oi) = (self.outlier_centroids.as_deref(), self.outlier_indices.as_deref());
-        book("outlier", oc, self.n_outlier_centroids, oi, n_out)?;
-        ensure!(
-            (n_out > 0) == self.outlier_centroids.is_some(),
-            "VQ: {n_out} outlier columns but {} outlier codebook",
-            if n_out > 0 { "no" } else { "an" }
-        );
-        ensure!(
-            self.outlier_cols.windows(2).all(|p| p[0] < p[1]) && self.outlier_cols.iter().all(|&c| (c as usize) < i),
-            "VQ: outlier columns must be strictly increasing and below in_features {i}"
-        );
-        for (name, s) in [("col_scale", &self.col_scale), ("col_bias", &self.col_bias)] {
-            if let Some(s) = s {
-                ensure!(s.len() == i, "VQ: {name} has {} values for {i} columns", s.len());
-            }
-        }
-        for &c in &self.outlier_cols {
-            let c = c as usize;
-            let zero = |x: &[u32]| x[c * nv..(c + 1) * nv].iter().all(|&x| x == 0);
-            ensure!(zero(&self.indices), "VQ: main indices of outlier column {c} must be 0");
-            ensure!(self.res_indices.as_deref().is_none_or(zero), "VQ: residual indices of outlier column {c} must be 0");
-        }
-        Ok(())
-    }
-
-    /// Column `c`, vector `j` (`v` values) in the normalised domain, before scale and bias.
-    #[inline]
-    pub fn base_vector(&self, c: usize, j: usize, opos: u32, out: &mut [f32]) {
-        let (v, nv) = (self.vector_len, self.vectors_per_col());
-        if opos != u32::MAX {
-            let oc = self.outlier_centroids.as_deref().expect("outlier codebook");
-            let oi = self.outlier_indices.as_deref().expect("outlier indices")[opos as usize * nv + j] as usize;
-            out.copy_from_slice(&oc[oi * v..(oi + 1) * v]);
-            return;
-        }
-        let m = self.indices[c * nv + j] as usize;
-        out.copy_from_slice(&self.centroids[m * v..(m + 1) * v]);
-        if let (Some(rc), Some(ri)) = (&self.res_centroids, &self.res_indices) {
-            let r = ri[c * nv + j] as usize;
-            out.iter_mut().zip(&rc[r * v..(r + 1) * v]).for_each(|(a, b)| *a += b);
-        }
-    }
-
-    /// Dequantized `[out][in]` weight: `w[j*v+t][c] = base[t]·scale[c] + bias[c]`, where `base`
-    /// is the outlier centroid of an outlier column, else main centroid + residual centroid.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let (o, i, v) = (self.out_features, self.in_features, self.vector_len);
-        let opos = self.outlier_pos();
-        let mut w = vec![0f32; o * i];
-        let mut buf = vec![0f32; v];
-        for c in 0..i {
-            let s = self.col_scale.as_ref().map_or(1.0, |s| s[c]);
-            let b = self.col_bias.as_ref().map_or(0.0, |b| b[c]);
-            for j in 0..o / v {
-                self.base_vector(c, j, opos[c], &mut buf);
-                for (t, &x) in buf.iter().enumerate() {
-                    w[(j * v + t) * i + c] = dequant_value(x, s, b, self.col_scale.is_some(), self.col_bias.is_some());
-                }
-            }
-        }
-        w
-    }
-}
-
-/// `x·s + b`, skipping the parts that are absent (so that an absent scale is exactly 1 and an
-/// absent bias exactly 0, with no rounding).
-#[inline]
-pub fn dequant_value(x: f32, s: f32, b: f32, has_s: bool, has_b: bool) -> f32 {
-    let y = if has_s { x * s } else { x };
-    if has_b {
-        y + b
-    } else {
-        y
-    }
-}
-
 /// Quantizes `w` (`[out][inn]` row-major) with VPTQ against the Hessian `h` (`inn × inn`,
 /// row-major, e.g. [`crate::stats::InputStats::hessian`]).
 pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> Result<(VqQ, VptqReport)> {
@@ -342,7 +241,7 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         }
     }
     // Dead inputs (H_ii = 0) carry no signal: zero their weights (GPTQ).
-    let dead: Vec<bool> = (0..inn).map(|i| h[i * inn + i] == 0.0).collect();
+    let dead = hessian::dead(h, inn);
     for i in (0..inn).filter(|&i| dead[i]) {
         wt[i * out..(i + 1) * out].iter_mut().for_each(|x| *x = 0.0);
     }
@@ -369,21 +268,15 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         (None, None)
     };
     let s_of = |i: usize| col_scale.as_ref().map_or(1.0, |s| s[i] as f64);
-    let mut hn: Vec<f64> = (0..inn * inn).map(|x| h[x] * s_of(x / inn) * s_of(x % inn)).collect();
-    let diag_w: Vec<f32> = (0..inn).map(|i| hn[i * inn + i].max(0.0) as f32).collect();
+    let hn = |a: usize, b: usize| h[a * inn + b] * s_of(a) * s_of(b);
+    let diag_w: Vec<f32> = (0..inn).map(|i| hn(i, i).max(0.0) as f32).collect();
 
-    // Damped Hessian → upper Cholesky factor of its inverse.
-    for i in 0..inn {
-        if dead[i] {
-            hn[i * inn + i] = 1.0;
-        }
+    // Damped Hessian → upper Cholesky factor of its inverse (f32).
+    let order: Vec<usize> = (0..inn).collect();
+    let u: Vec<f32> = hessian::prepare(inn, hn, &dead, &order, cfg.damp)?.u.iter().map(|&x| x as f32).collect();
+    if let Some(i) = (0..inn).find(|&i| !(u[i * inn + i].is_finite() && u[i * inn + i] > 0.0)) {
+        return Err(hessian::not_pd(cfg.damp, &format!("zero pivot at column {i}")));
     }
-    let damp = cfg.damp * (0..inn).map(|i| hn[i * inn + i]).sum::<f64>() / inn as f64;
-    for i in 0..inn {
-        hn[i * inn + i] += damp;
-    }
-    let u = inverse_cholesky_upper(&hn, inn)?;
-    drop(hn);
 
     // Codebooks by weighted k-means on the (normalised) weight vectors.
     let tk = Instant::now();
@@ -476,35 +369,6 @@ pub fn vptq(w: &[f32], out: usize, inn: usize, h: &[f64], cfg: &VptqConfig) -> R
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((q, report))
-}
-
-/// `U` (row-major `n × n`, f32) with `H⁻¹ = Uᵀ U`, via Cholesky of `H`, its inverse and the
-/// Cholesky factor of that; sequential so the result is thread-count independent.
-fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f32>> {
-    let not_pd = |what: &str| {
-        anyhow::anyhow!("VPTQ: Hessian is not positive definite after damping ({what}); raise damp or use more calibration data")
-    };
-    let mut l = Mat::<f64>::from_fn(n, n, |i, j| if j <= i { h[i * n + j] } else { 0.0 });
-    let req = llt::factor::cholesky_in_place_scratch::<f64>(n, Par::Seq, Default::default())
-        .or(llt::inverse::inverse_scratch::<f64>(n, Par::Seq));
-    let mut mem = MemBuffer::new(req);
-    llt::factor::cholesky_in_place(l.as_mut(), Default::default(), Par::Seq, MemStack::new(&mut mem), Default::default())
-        .map_err(|_| not_pd("Cholesky of H failed"))?;
-    let mut inv = Mat::<f64>::zeros(n, n);
-    llt::inverse::inverse(inv.as_mut(), l.as_ref(), Par::Seq, MemStack::new(&mut mem));
-    // `inverse` fills the lower triangle, which is all the next factorisation reads.
-    llt::factor::cholesky_in_place(inv.as_mut(), Default::default(), Par::Seq, MemStack::new(&mut mem), Default::default())
-        .map_err(|_| not_pd("Cholesky of H⁻¹ failed"))?;
-    let mut u = vec![0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = inv[(j, i)] as f32;
-        }
-    }
-    if let Some(i) = (0..n).find(|&i| !(u[i * n + i].is_finite() && u[i * n + i] > 0.0)) {
-        return Err(not_pd(&format!("zero pivot at column {i}")));
-    }
-    Ok(u)
 }
 
 /// `tr((W−Q) H (W−Q)ᵀ) = Σ_o e_o·H·e_oᵀ`: `E·H` by an f32 GEMM over fixed chunks of rows,

@@ -2,10 +2,13 @@
 //! from the command line, the rules for methods and formats, llama.cpp's fallbacks per linear, and
 //! quantizing one linear onto a block grid with RTN, AWQ or GPTQ.
 
-use super::{scaled_importance, AwareWeight, Format, LinearPlan, Method, Options};
+use super::compose::scaled_importance;
+use super::{AwareWeight, Format, LinearPlan, Method, Options};
 use crate::arch::Input;
+use crate::codes::Grid;
 use crate::gguf::GgmlType;
 use crate::model::Model;
+use crate::quant::recipe::Core;
 use crate::quant::{gguf as qgguf, gptq};
 use crate::stats::InputStats;
 use anyhow::{anyhow, bail, Result};
@@ -32,7 +35,8 @@ pub fn parse_tensor_type(s: &str) -> Result<GgmlType> {
 
 /// The GGUF rules: methods that can choose codes on a block grid, formats that can hold them.
 pub(crate) fn validate_gguf(o: &Options) -> Result<()> {
-    let ok = |m: Method| matches!(m, Method::Rtn | Method::Awq | Method::Gptq | Method::AwqGptq);
+    // Codes on the affine grid, chosen without an aware fit: the block types' own grids.
+    let ok = |m: Method| matches!(m.recipe().core, Core::Round { grid: Grid::Affine, aware: false } | Core::Gptq(Grid::Affine));
     for m in std::iter::once(o.method).chain(o.overrides.iter().map(|v| v.method)) {
         if !ok(m) {
             bail!("--method {}: GGUF block types are quantized with rtn, awq, gptq or awq+gptq", m.name());
@@ -73,14 +77,15 @@ pub(crate) fn quantize_gguf<'a>(
     folded: &HashMap<Input, Vec<f32>>,
     h: impl Fn() -> &'a Vec<f64>,
 ) -> Result<qgguf::BlockQ> {
-    Ok(match method {
-        Method::Rtn => qgguf::quantize(ty, &l.w, l.out, l.inn, None),
-        Method::Awq => {
-            let imp =
-                scaled_importance(&stats[&l.spec.input].mean_sq(), folded.get(&l.spec.input).map(|s| s.as_slice()), AwareWeight::MeanSq);
-            qgguf::quantize(ty, &l.w, l.out, l.inn, Some(&imp))
+    let r = method.recipe();
+    Ok(match r.core {
+        Core::Round { grid: Grid::Affine, aware: false } => {
+            let imp = r.awq.then(|| {
+                scaled_importance(&stats[&l.spec.input].mean_sq(), folded.get(&l.spec.input).map(|s| s.as_slice()), AwareWeight::MeanSq)
+            });
+            qgguf::quantize(ty, &l.w, l.out, l.inn, imp.as_deref())
         }
-        Method::Gptq | Method::AwqGptq => {
+        Core::Gptq(Grid::Affine) => {
             let mut cfg = gptq::GptqConfig::new(8, 32, false);
             cfg.act_order = o.act_order;
             cfg.static_groups = o.static_groups || o.act_order;
@@ -88,7 +93,7 @@ pub(crate) fn quantize_gguf<'a>(
             let (codes, params, _) = gptq::gptq_on(&l.w, l.out, l.inn, h(), &cfg, &qgguf::BlockGrid::new(ty))?;
             qgguf::encode_matrix(ty, l.out, l.inn, &codes, &params)
         }
-        m => bail!("--method {} cannot write GGUF blocks", m.name()),
+        _ => bail!("--method {} cannot write GGUF blocks", method.name()),
     })
 }
 
