@@ -6,7 +6,10 @@
 //!   `model` (the forward pass one decoder layer at a time) with `attention`, `rope` and `linalg`
 //!   (its kernels), `qmodel` (opening possibly quantized checkpoints, `inspect`), `gguf/`
 //!   (llama.cpp files: reader, block types, import, export).
-//! * Quantization: `quant/` (one file per method), `pack/` (one file per packed layout),
+//! * Quantization: `quant/` (one file per method with its recipe, the grid trait in
+//!   `quant/grid.rs`, the method registry in `quant/methods.rs`), `codes` (the code types methods
+//!   produce and layouts store), `pack/` (one file per packed layout; which layout reads a
+//!   checkpoint),
 //!   `stats` (calibration statistics), `calib` (calibration windows), `quantize` + `quantize/`
 //!   (the method registry and the pipeline: options, plan, layer loop, resume, output, budget
 //!   planner, sweep's driver), `checkpoint` (crash-safe per-layer progress), `outdir` (the atomic,
@@ -15,7 +18,7 @@
 //!   reported), `plot` (the sweep's SVG), `cuda/` + `verify` (GPU kernels checked against the CPU
 //!   reference).
 //! * Support: `events` (how the library reports progress and warnings: only the binary prints),
-//!   `escape` (untrusted text in messages), `mem` (memory statistics), `fuzz` (fuzz harnesses),
+//!   `named` (the names enums take on the command line), `escape` (untrusted text in messages), `mem` (memory statistics), `fuzz` (fuzz harnesses),
 //!   `cli` (the command line: argument parsing and printing).
 
 pub mod arch;

@@ -21,8 +21,8 @@ mod plan;
 mod resume;
 mod sequential;
 
-pub(crate) use combos::{quantize_combos, Combo};
 pub use crate::quant::methods::Method;
+pub(crate) use combos::{quantize_combos, Combo};
 use compose::{pack, quantize_layer};
 
 pub use gguf::{parse_block_type, parse_tensor_type, DEFAULT_GGUF_TYPE};
@@ -63,4 +63,3 @@ pub struct LinearPlan {
 pub use crate::pack::Layout as Format;
 
 pub use crate::quant::recipe::AwareWeight;
-

@@ -146,27 +146,6 @@ impl PackedOnGpu {
         }
     }
 
-    /// Bytes of the checkpoint arrays of this layer (packed codes, scales, zeros, codebooks).
-    pub fn packed_bytes(&self) -> usize {
-        match self {
-            PackedOnGpu::Awq { qweight, qzeros, scales, .. } => 4 * qweight.len() + 4 * qzeros.len() + 2 * scales.len(),
-            PackedOnGpu::Gptq { qweight, qzeros, scales, g_idx, .. } => {
-                4 * qweight.len() + 4 * qzeros.len() + 2 * scales.len() + g_idx.as_ref().map_or(0, |g| 4 * g.len())
-            }
-            PackedOnGpu::Lowbit { qweight, scales, qzeros, g_idx, .. } => {
-                qweight.len() + 2 * scales.len() + qzeros.as_ref().map_or(0, |z| z.len()) + g_idx.as_ref().map_or(0, |g| 4 * g.len())
-            }
-            PackedOnGpu::Vq { indices, codebook, residual, col_scale, col_bias, outliers, .. } => {
-                indices.len()
-                    + 2 * codebook.len()
-                    + residual.as_ref().map_or(0, |r| r.indices.len() + 2 * r.codebook.len())
-                    + col_scale.as_ref().map_or(0, |s| 2 * s.len())
-                    + col_bias.as_ref().map_or(0, |s| 2 * s.len())
-                    + outliers.as_ref().map_or(0, |o| 4 * o.cols.len() + o.indices.len() + 2 * o.codebook.len())
-            }
-        }
-    }
-
     /// Checks the array sizes and the constraints of the kernels.
     pub fn validate(&self) -> Result<()> {
         let (o, i) = self.shape();
