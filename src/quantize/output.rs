@@ -7,7 +7,7 @@ use crate::checkpoint;
 use crate::escape;
 use crate::model::Model;
 use crate::pack::{LowbitModuleMeta, LowbitQuantConfig, PackedLayout};
-use crate::quant::{rtn, shift, statsq, Grid};
+use crate::quant::{grid, rtn};
 use crate::st_write::{write_atomic, write_safetensors, OutTensor};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -79,11 +79,9 @@ pub(crate) fn tail_tensors(model: &Model, o: &Options, tables: &[(&'static str, 
             }
             Some((_, p)) => {
                 let w = model.ck.f32_shaped(&format!("{n}.weight"), &[v, d])?;
-                let q = match p.method.grid() {
-                    Grid::HalfInt => statsq::statsq(&w, v, d, p.bits, p.group_size, None),
-                    Grid::Shift => shift::shift(&w, v, d, p.bits, p.group_size, None),
-                    Grid::Affine => rtn::quantize(&w, v, d, p.bits, p.group_size, o.sym),
-                };
+                // Round to nearest on the method's grid (tables get no calibration statistics).
+                let g = grid::scalar(p.method.grid(), p.bits, p.group_size, o.sym, rtn::Range::WithZero);
+                let q = grid::quantize(&*g, &w, v, d, None);
                 let packed = crate::pack::LowbitPacked::pack(&q).with_context(|| format!("{n}: cannot pack"))?;
                 meta.push((n.to_string(), packed.meta(p.method.name())));
                 out.extend(packed.to_tensors(n));
