@@ -22,6 +22,9 @@ BUDGETS=${BUDGETS:-2:64/4:32 3:128/4:32 3:32/4:32 4:64/4:32}
 # Extra plans at a budget of their own (whole-model bpw), for the llama.cpp comparison.
 EXTRA_BPW=${EXTRA_BPW:-5.1}
 SINGLE=${SINGLE:-rtn awq gptq}
+# Methods of the plans: gptq, and awq+gptq (the same sensitivity pass; written with AWQ's
+# transform in front of GPTQ).
+PLAN_METHODS=${PLAN_METHODS:-gptq awq+gptq}
 WINDOWS=${WINDOWS:-4}
 CTX=${CTX:-2048}
 SAMPLES=${SAMPLES:-32}
@@ -67,6 +70,7 @@ quant() {
     rmdir "$d.lock" 2>/dev/null || true
 }
 bpw_of() { python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["model_bpw"])' "$1"; }
+plan_name() { if [ "$1" = gptq ]; then echo plan; else echo "plan-$1"; fi; }
 tag() { echo "w${1%%/*}-t${1##*/}" | tr ':' 'g'; }
 
 if [ "$PHASE" = all ] || [ "$PHASE" = singles ]; then
@@ -86,9 +90,11 @@ if [ "$PHASE" = all ] || [ "$PHASE" = plans ]; then
         targets="$targets $(tag "$bud")=$t"
     done
     for x in $EXTRA_BPW; do targets="$targets bpw$x=$x"; done
-    for nt in $targets; do
-        # shellcheck disable=SC2086
-        quant "plan-${nt%%=*}" --method gptq --target-bpw "${nt##*=}" --sensitivity-cache "$OUT/sensitivity.json" $PLAN_ARGS
+    for pm in $PLAN_METHODS; do
+        for nt in $targets; do
+            # shellcheck disable=SC2086
+            quant "$(plan_name "$pm")-${nt%%=*}" --method "$pm" --target-bpw "${nt##*=}" --sensitivity-cache "$OUT/sensitivity.json" $PLAN_ARGS
+        done
     done
 fi
 [ "$PHASE" = all ] || [ "$PHASE" = report ] || exit 0
@@ -99,7 +105,7 @@ FP_RAW=$($NICE $LOWBIT eval --model "$MODEL" --text "$WIKI_RAW" --ctx 512 --conv
     python3 -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["ppl"])')
 row() { # name label
     local d=$OUT/$1
-    [ -s "$d.score" ] || { echo "| $2 | (not run) | | | | | |"; return; }
+    [ -s "$d.score" ] || return 0
     # shellcheck disable=SC2046
     set -- "$2" "$(bpw_of "$d.json")" $(cat "$d.score")
     echo "| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"
@@ -126,7 +132,8 @@ row() { # name label
         for m in rtn awq gptq awq+gptq; do
             [ -s "$OUT/$m-$t.score" ] && row "$m-$t" "$m, every linear ${bud%%/*}"
         done
-        row "plan-$t" "**plan** (gptq candidates, \`--target-bpw\`)"
+        row "plan-$t" "**plan** (\`--method gptq --target-bpw\`)"
+        row "plan-awq+gptq-$t" "**plan** (\`--method awq+gptq --target-bpw\`)"
         echo
     done
     for x in $EXTRA_BPW; do
@@ -134,7 +141,8 @@ row() { # name label
         echo
         echo "| model | bpw | wiki ppl | wiki KLD | ptb ppl | ptb KLD | wiki.test.raw ppl (llama.cpp conv.) |"
         echo "|---|---|---|---|---|---|---|"
-        row "plan-bpw$x" "**plan** (\`--target-bpw $x\`)"
+        row "plan-bpw$x" "**plan** (\`--method gptq --target-bpw $x\`)"
+        row "plan-awq+gptq-bpw$x" "**plan** (\`--method awq+gptq --target-bpw $x\`)"
         echo
     done
     echo "llama.cpp's types on the same model and protocol (ctx 512, 16 chunks of wiki.test.raw, F32 29.25;"

@@ -325,7 +325,7 @@ pub struct QuantizeArgs {
     pub dry_run: bool,
     /// The best model of this size: whole-model bits per weight (all stored bytes × 8 / all
     /// parameters, embeddings and norms included). Measures every linear's sensitivity to each
-    /// --plan-bits × --plan-groups setting of --method (rtn or gptq) on the calibration
+    /// --plan-bits × --plan-groups setting of --method (rtn, gptq, or awq+gptq: measured as gptq, written with AWQ's transform first) on the calibration
     /// activations and picks per-linear settings minimising the summed predicted loss within the
     /// size (docs/budget.md). The plan is written into config.json's quantization_config.plan.
     #[arg(help_heading = "Size budget", long, value_name = "BPW")]

@@ -181,7 +181,7 @@ fn target_bpw_refusals() {
             "--override or --skip",
         ),
         (&["--target-bpw", "2", "--method", "gptq", "--calib", "../shared/data/ptb/ptb.valid.txt"], "below the smallest plan"),
-        (&["--target-bpw", "6", "--method", "awq", "--calib", "../shared/data/ptb/ptb.valid.txt"], "plans --method rtn or gptq"),
+        (&["--target-bpw", "6", "--method", "awq", "--calib", "../shared/data/ptb/ptb.valid.txt"], "plans --method rtn, gptq or awq+gptq"),
         (&["--target-bpw", "6", "--method", "gptq"], "give --calib"),
         (
             &["--target-bpw", "6", "--method", "gptq", "--calib", "../shared/data/ptb/ptb.valid.txt", "--format", "gptq"],

@@ -278,7 +278,7 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
         .enumerate()
         .map(|(i, &k)| LinearChoice {
             name: s.names[i].clone(),
-            setting: s.candidates[k],
+            setting: Setting { method: o.method, ..s.candidates[k] },
             bytes: bytes[i][k],
             predicted_loss: s.loss[i][k],
         })
@@ -327,12 +327,22 @@ pub fn plan_from(model: &Model, o: &Options, target_bpw: f64, s: &Sensitivity) -
     })
 }
 
+/// The method a candidate's sensitivity is measured with: awq+gptq as gptq (its AWQ transform of
+/// a whole scale group is not applied to one linear alone), so the two share a sensitivity cache.
+fn measured_method(m: Method) -> Method {
+    if m == Method::AwqGptq {
+        Method::Gptq
+    } else {
+        m
+    }
+}
+
 /// The candidates of `--plan-bits` × `--plan-groups` with `--method`.
 pub fn candidates(o: &Options) -> Vec<Setting> {
     let mut v = Vec::new();
     for &bits in &o.plan_bits {
         for &group_size in &o.plan_groups {
-            v.push(Setting { method: o.method, bits, group_size });
+            v.push(Setting { method: measured_method(o.method), bits, group_size });
         }
     }
     v
@@ -351,8 +361,8 @@ pub(crate) fn validate(o: &Options) -> Result<()> {
     if !(t > 0.0 && t.is_finite()) {
         bail!("--target-bpw must be a positive number (got {t})");
     }
-    if !matches!(o.method, Method::Rtn | Method::Gptq) {
-        bail!("--target-bpw plans --method rtn or gptq per linear (got {})", o.method.name());
+    if !matches!(o.method, Method::Rtn | Method::Gptq | Method::AwqGptq) {
+        bail!("--target-bpw plans --method rtn, gptq or awq+gptq per linear (got {})", o.method.name());
     }
     if o.format != super::Format::Lowbit || o.gguf_type.is_some() {
         bail!("--target-bpw writes per-linear bits and group sizes: --format lowbit only");
