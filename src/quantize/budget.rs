@@ -500,7 +500,10 @@ pub fn describe(p: &Plan) -> String {
     s += &format!(
         "plan: {:.4} bpw whole model (target {}), {} bytes ({} outside the planned linears and tables), predicted loss {:.6e}; {}\n",
         p.model_bpw,
-        p.target_bpw,
+        match p.target_size {
+            Some(b) => format!("{b} bytes = {:.4} bpw", p.target_bpw),
+            None => format!("{}", p.target_bpw),
+        },
         p.bytes,
         p.fixed_bytes,
         p.predicted_loss,
