@@ -41,9 +41,8 @@ impl LinearPlan {
     /// g_idx for GPTQ's act-order, vector quantization).
     pub fn want(&self, o: &Options) -> Want {
         let r = self.method.recipe();
-        // awq+gptq is left out as before, although its GPTQ writes a g_idx under --act-order (the
-        // --dry-run size then misses the g_idx tensors): a known discrepancy, kept by the #17 refactor.
-        let gptq = matches!(r.core, Core::Gptq(_)) && !r.awq;
+        // Every GPTQ core writes a g_idx under --act-order, awq+gptq's included.
+        let gptq = matches!(r.core, Core::Gptq(_));
         Want { bits: self.bits, group_size: self.group_size, grid: r.grid(), g_idx: gptq && o.act_order && !o.static_groups, vq: r.is_vq() }
     }
 }

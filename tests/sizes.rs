@@ -8,7 +8,7 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 13] = [
     "rtn",
     "awq",
     "statsq",
@@ -20,6 +20,7 @@ const METHODS: [&str; 12] = [
     "awq+shift",
     "gptq+shift",
     "gptq",
+    "awq+gptq",
     "vptq",
 ];
 
@@ -54,7 +55,7 @@ fn dry_run_quantize_and_inspect_agree_for_every_method_and_layout() {
     for format in ["lowbit", "awq", "gptq", "gguf"] {
         for method in METHODS {
             for extra in [&[][..], &["--act-order"][..]] {
-                if !extra.is_empty() && !method.starts_with("gptq") {
+                if !extra.is_empty() && !method.contains("gptq") {
                     continue;
                 }
                 let name = format!("{format}-{}{}", method.replace('+', "-"), extra.join(""));
