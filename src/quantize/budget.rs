@@ -353,12 +353,11 @@ pub(crate) fn validate(o: &Options) -> Result<()> {
     if o.target_size.is_some() && o.target_bpw.is_some() {
         bail!("--target-size and --target-bpw name the same budget: give one");
     }
-    if o.target_size.is_some() {
-        // Checked as --target-bpw is (the size becomes bits per weight once the model is open).
-        return validate(&Options { target_size: None, target_bpw: Some(1.0), ..o.clone() });
+    // A --target-size (at least one byte, by its parser) is checked as a --target-bpw is.
+    if o.target_size.is_none() && o.target_bpw.is_none() {
+        return Ok(());
     }
-    let Some(t) = o.target_bpw else { return Ok(()) };
-    if !(t > 0.0 && t.is_finite()) {
+    if let Some(t) = o.target_bpw.filter(|t| !(*t > 0.0 && t.is_finite())) {
         bail!("--target-bpw must be a positive number (got {t})");
     }
     if !matches!(o.method, Method::Rtn | Method::Gptq | Method::AwqGptq) {
@@ -422,15 +421,6 @@ pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> 
     let tokens = crate::calib::sample_calib(&tok, calib, o.calib_samples, o.calib_seqlen, o.seed, ev)?;
     let cands = candidates(o);
     // The sizes first: an impossible budget fails before the sensitivity pass.
-    let zero = Sensitivity {
-        names: Vec::new(),
-        shapes: Vec::new(),
-        candidates: cands.clone(),
-        loss: Vec::new(),
-        tables: Vec::new(),
-        seconds: 0.0,
-        key: String::new(),
-    };
     let mut names = Vec::new();
     let mut shapes = Vec::new();
     for i in 0..model.cfg.num_layers {
@@ -448,7 +438,15 @@ pub fn plan(model_dir: &Path, o: &Options, ev: &mut dyn Events) -> Result<Plan> 
             settings,
         })
         .collect();
-    let probe = Sensitivity { names, loss: vec![vec![0.0; cands.len()]; shapes.len()], shapes, tables, ..zero };
+    let probe = Sensitivity {
+        names,
+        loss: vec![vec![0.0; cands.len()]; shapes.len()],
+        shapes,
+        candidates: cands.clone(),
+        tables,
+        seconds: 0.0,
+        key: String::new(),
+    };
     plan_from(&model, o, target, &probe)?;
     let key = cache_key(model_dir, o, &cands, &tokens)?;
     let s = match &o.sensitivity_cache {

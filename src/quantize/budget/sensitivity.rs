@@ -68,19 +68,15 @@ pub fn sensitivities(
     let needs = Needs { hessian: true, window_tokens: o.search_tokens, ..Needs::default() };
     let mut h = model.embed(tokens)?;
     let (mut names, mut shapes, mut loss) = (Vec::new(), Vec::new(), Vec::new());
+    // The windows the blocks are re-run on (and lm_head's loss is measured on).
+    let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
+    let d = c.hidden_size;
     for i in 0..c.num_layers {
         ev.progress(i, c.num_layers, "measuring sensitivities");
         let lw = model.load_layer(i)?;
         crate::quantize::check_finite_layer(&lw)?;
         // The residual stream entering the layer, rows of the windows the blocks are re-run on.
-        let d = c.hidden_size;
-        let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
-        let h_win: Vec<f32> = keep
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| **k)
-            .flat_map(|(w, _)| h[w * seqlen * d..(w + 1) * seqlen * d].iter().copied())
-            .collect();
+        let h_win = kept_rows(&h, &keep, seqlen * d);
         let (stats, _) = calibrate_layer(model, &lw, &mut h, seqlen, needs)?;
         let attn_x = &stats[&crate::arch::Input::AttnIn];
         let mlp_x = &stats[&crate::arch::Input::MlpIn];
@@ -94,7 +90,7 @@ pub fn sensitivities(
         let (y_attn, y_mlp) = (run(&lw, true), run(&lw, false));
         // Per-token squared norms of the residual stream at each block's input: the layer input
         // for the attention block, plus the attention output for the MLP.
-        let sq = |v: &[f32]| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().max(f64::MIN_POSITIVE);
+        let sq = |v: &[f32]| sq(v).max(f64::MIN_POSITIVE);
         let r_attn: Vec<f64> = h_win.chunks(d).map(sq).collect();
         let r_mlp: Vec<f64> =
             h_win.chunks(d).zip(y_attn.chunks(d)).map(|(a, b)| sq(&a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>())).collect();
@@ -133,7 +129,7 @@ pub fn sensitivities(
         Vec::new()
     } else {
         ev.progress(c.num_layers, c.num_layers, "measuring table sensitivities");
-        table_sensitivities(model, o, candidates, tokens, &h, seqlen)?
+        table_sensitivities(model, o, candidates, tokens, &kept_rows(&h, &keep, seqlen * d))?
     };
     Ok(Sensitivity {
         names,
@@ -144,6 +140,16 @@ pub fn sensitivities(
         seconds: t0.elapsed().as_secs_f64(),
         key: String::new(),
     })
+}
+
+/// Σ x² in f64.
+fn sq(v: &[f32]) -> f64 {
+    v.iter().map(|x| (*x as f64) * (*x as f64)).sum()
+}
+
+/// The rows of `h` (windows of `window` values) whose window is kept.
+fn kept_rows(h: &[f32], keep: &[bool], window: usize) -> Vec<f32> {
+    keep.iter().enumerate().filter(|(_, k)| **k).flat_map(|(w, _)| h[w * window..(w + 1) * window].iter().copied()).collect()
 }
 
 /// The stored tables and the settings the plan chooses among for them: float, then rtn at each
@@ -167,35 +173,20 @@ pub(super) fn table_settings(model: &Model, o: &Options, candidates: &[Setting])
 const LOGIT_ROWS: usize = 256;
 
 /// Losses of quantizing the stored tables (module doc): the embedding's over every calibration
-/// token, lm_head's over the final hidden states `h_final` of the windows the blocks are re-run
-/// on (`--search-tokens`).
-fn table_sensitivities(
-    model: &Model,
-    o: &Options,
-    candidates: &[Setting],
-    tokens: &[u32],
-    h_final: &[f32],
-    seqlen: usize,
-) -> Result<Vec<TableSensitivity>> {
+/// token, lm_head's over `x`, the final hidden states of the windows the blocks are re-run on
+/// (`--search-tokens`).
+fn table_sensitivities(model: &Model, o: &Options, candidates: &[Setting], tokens: &[u32], x: &[f32]) -> Result<Vec<TableSensitivity>> {
     let c = &model.cfg;
     let (v, d) = (c.vocab_size, c.hidden_size);
     let tied = c.tie_word_embeddings;
-    let sq = |a: &[f32]| a.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>();
     // How often each vocabulary row is read as an input embedding.
     let mut count = vec![0u64; v];
     for &t in tokens {
         count[t as usize] += 1;
     }
-    // The final normed hidden states of the kept windows.
-    let keep = crate::stats::kept_windows(tokens.len() / seqlen, seqlen, o.search_tokens);
-    let x: Vec<f32> = keep
-        .iter()
-        .enumerate()
-        .filter(|(_, k)| **k)
-        .flat_map(|(w, _)| h_final[w * seqlen * d..(w + 1) * seqlen * d].iter().copied())
-        .collect();
+    // The final normed hidden states.
     let norm = model.ck.f32_shaped("model.norm.weight", &[d])?;
-    let xn = crate::linalg::rms_norm(&x, &norm, c.rms_norm_eps);
+    let xn = crate::linalg::rms_norm(x, &norm, c.rms_norm_eps);
     let rows = xn.len() / d;
     let centred = |z: &mut [f32]| {
         for r in z.chunks_mut(v) {
@@ -203,21 +194,23 @@ fn table_sensitivities(
             r.iter_mut().for_each(|x| *x -= m);
         }
     };
-    // The mean over the kept rows of ‖Δz_t‖² / G for the weight change `dw` of table `w`, where
-    // G = ‖C·W·diag(g)‖²_F (C centres over the vocabulary, g the final norm's weight) is the
-    // logits' expected ‖Δz‖² for a residual-stream change of relative size 1 in a random
-    // direction: the lm_head error expressed as the relative residual perturbation that would
-    // cost as much at the output, the unit of the linears' losses.
-    let logit_loss = |w: &[f32], dw: &[f32]| -> f64 {
+    // G = ‖C·W·diag(g)‖²_F of table `w` (C centres over the vocabulary, g the final norm's
+    // weight): the logits' expected ‖Δz‖² for a residual-stream change of relative size 1 in a
+    // random direction.
+    let gain_of = |w: &[f32]| -> f64 {
         let mut mean = vec![0f64; d];
         for r in w.chunks(d) {
             mean.iter_mut().zip(r).for_each(|(m, x)| *m += *x as f64 / v as f64);
         }
-        let gain: f64 = w
-            .chunks(d)
+        w.chunks(d)
             .map(|r| r.iter().zip(&mean).zip(&norm).map(|((x, m), g)| ((*x as f64 - m) * *g as f64).powi(2)).sum::<f64>())
             .sum::<f64>()
-            .max(f64::MIN_POSITIVE);
+            .max(f64::MIN_POSITIVE)
+    };
+    // The mean over the rows of ‖Δz_t‖² / G for the weight change `dw`: the lm_head error
+    // expressed as the relative residual perturbation that would cost as much at the output,
+    // the unit of the linears' losses.
+    let logit_loss = |dw: &[f32], gain: f64| -> f64 {
         let mut total = 0.0;
         for xb in xn.chunks(LOGIT_ROWS * d) {
             let n = xb.len() / d;
@@ -231,6 +224,7 @@ fn table_sensitivities(
     for (name, settings) in table_settings(model, o, candidates) {
         let w = model.ck.f32_shaped(&format!("{name}.weight"), &[v, d])?;
         let emb = name == crate::quantize::TABLES[0];
+        let gain = if !emb || tied { gain_of(&w) } else { 0.0 };
         let mut loss = Vec::new();
         for s in &settings {
             let Some(s) = s else {
@@ -242,15 +236,14 @@ fn table_sensitivities(
             let mut l = 0.0;
             if emb {
                 // Mean over calibration tokens of the embedding row's relative change.
-                let n: u64 = count.iter().sum();
                 l += (0..v)
                     .filter(|&r| count[r] > 0)
                     .map(|r| count[r] as f64 * sq(&dw[r * d..(r + 1) * d]) / sq(&w[r * d..(r + 1) * d]).max(f64::MIN_POSITIVE))
                     .sum::<f64>()
-                    / n.max(1) as f64;
+                    / tokens.len().max(1) as f64;
             }
             if !emb || tied {
-                l += logit_loss(&w, &dw);
+                l += logit_loss(&dw, gain);
             }
             loss.push(l);
         }
