@@ -220,7 +220,7 @@ impl Checkpointer {
             .into_iter()
             .map(|n| {
                 let t = st.tensor(&n).map_err(|e| anyhow!("{shown}: {}: {e}", escape::text(&n)))?;
-                Ok(OutTensor { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() })
+                Ok(OutTensor::copy_of(n.clone(), &t))
             })
             .collect()
     }

@@ -35,6 +35,10 @@ impl OutTensor {
     pub fn u8(name: impl Into<String>, shape: Vec<usize>, v: Vec<u8>) -> Self {
         Self { name: name.into(), dtype: Dtype::U8, shape, data: v }
     }
+    /// A tensor read from a safetensors file, copied as it is stored.
+    pub fn copy_of(name: impl Into<String>, t: &TensorView) -> Self {
+        Self { name: name.into(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() }
+    }
     /// Float tensor in the requested float dtype (F32, F16 or BF16).
     pub fn float(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>, v: &[f32]) -> Self {
         match dtype {

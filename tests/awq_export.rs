@@ -100,12 +100,7 @@ fn autoawq_unpacker_rebuilds_the_same_model() {
             rebuilt.push(lowbit::st_write::OutTensor::f32(format!("{prefix}.weight"), vec![out, inn], &w));
         } else if !name.ends_with(".qzeros") && !name.ends_with(".scales") {
             let t = st.tensor(name).unwrap();
-            rebuilt.push(lowbit::st_write::OutTensor {
-                name: name.to_string(),
-                dtype: t.dtype(),
-                shape: t.shape().to_vec(),
-                data: t.data().to_vec(),
-            });
+            rebuilt.push(lowbit::st_write::OutTensor::copy_of(name, &t));
         }
     }
     let f = tmp.path().join("rebuilt");

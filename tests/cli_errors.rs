@@ -178,7 +178,7 @@ fn stories_tensors() -> Vec<lowbit::st_write::OutTensor> {
         .iter()
         .map(|n| {
             let t = st.tensor(n).unwrap();
-            lowbit::st_write::OutTensor { name: n.to_string(), dtype: t.dtype(), shape: t.shape().to_vec(), data: t.data().to_vec() }
+            lowbit::st_write::OutTensor::copy_of(n.to_string(), &t)
         })
         .collect()
 }

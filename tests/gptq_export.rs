@@ -95,12 +95,7 @@ fn rebuild(q: &Path, out: &Path) -> usize {
             rebuilt.push(lowbit::st_write::OutTensor::f32(format!("{prefix}.weight"), vec![out, inn], &w));
         } else if ![".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s)) {
             let t = st.tensor(name).unwrap();
-            rebuilt.push(lowbit::st_write::OutTensor {
-                name: name.to_string(),
-                dtype: t.dtype(),
-                shape: t.shape().to_vec(),
-                data: t.data().to_vec(),
-            });
+            rebuilt.push(lowbit::st_write::OutTensor::copy_of(name, &t));
         }
     }
     std::fs::create_dir_all(out).unwrap();

@@ -68,12 +68,7 @@ fn rebuild_tables(q: &Path, out: &Path) -> usize {
             Some(_) if !name.ends_with(".weight") => {}
             _ => {
                 let t = st.tensor(name).unwrap();
-                tensors.push(lowbit::st_write::OutTensor {
-                    name: name.to_string(),
-                    dtype: t.dtype(),
-                    shape: t.shape().to_vec(),
-                    data: t.data().to_vec(),
-                });
+                tensors.push(lowbit::st_write::OutTensor::copy_of(name, &t));
             }
         }
     }
